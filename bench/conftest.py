@@ -1,0 +1,118 @@
+"""Benchmark-suite setup (``pytest bench/``).
+
+- ``--bench-full`` adds the large shapes (also exported as LAMBDASKIP_BENCH_FULL=1 for the bench files).
+- Without CUDA, Triton kernels run under the interpreter (TRITON_INTERPRET=1, set before triton loads),
+  so CPU runs only check that each benchmark's setup is correct; timings of interpreted kernels are not
+  speeds and are labelled ``interpreted`` in extra_info.
+- Every run records the device, torch and triton versions in the JSON's machine_info.
+- On CUDA, ``device_limits`` measures the copy bandwidth and the bf16 matmul rate once per session, so
+  benchmarks can report the fraction of the hardware limit they reach.
+"""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-full", action="store_true", default=False, help="also run the large shapes")
+
+
+def pytest_configure(config):
+    if config.getoption("--bench-full", default=False):
+        os.environ["LAMBDASKIP_BENCH_FULL"] = "1"
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    machine_info["torch"] = torch.__version__
+    machine_info["triton"] = triton_version
+    machine_info["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def bench_full(request) -> bool:
+    return request.config.getoption("--bench-full")
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _cuda_time_ms(fn, repeats: int = 20) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+@pytest.fixture(scope="session")
+def device_limits(device):
+    """Measured limits on CUDA: ``copy_bytes_per_s`` (device-to-device, read + write) and
+    ``bf16_flops_per_s`` (8192³ matmul); None on CPU."""
+    if device.type != "cuda":
+        return None
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    copy_ms = _cuda_time_ms(lambda: dst.copy_(src))
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    mm_ms = _cuda_time_ms(lambda: a @ a, repeats=10)
+    del src, dst, a
+    return {"copy_bytes_per_s": 2 * (1 << 30) / (copy_ms * 1e-3), "bf16_flops_per_s": 2 * 8192**3 / (mm_ms * 1e-3)}
+
+
+@pytest.fixture
+def run_timed(benchmark, device, device_limits):
+    """``run_timed(fn, bytes=..., flops=...)``: benchmark ``fn`` (synchronising CUDA) and record in extra_info
+    the stated minimal bytes / FLOPs, the achieved rates, the fraction of the device limits and peak memory."""
+
+    def run(fn, *, bytes: int | None = None, flops: int | None = None, **info):
+        def synced():
+            out = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return out
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        result = benchmark(synced)
+        extra = benchmark.extra_info
+        extra.update(info, bytes=bytes, flops=flops, device=str(device))
+        if device.type == "cuda":
+            extra["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+        stats = getattr(benchmark, "stats", None)
+        if stats is not None and getattr(stats, "stats", None) is not None:
+            seconds = stats.stats.median
+            if bytes:
+                extra["bytes_per_s"] = bytes / seconds
+                if device_limits:
+                    extra["fraction_of_copy_bandwidth"] = bytes / seconds / device_limits["copy_bytes_per_s"]
+            if flops:
+                extra["flops_per_s"] = flops / seconds
+                if device_limits:
+                    extra["fraction_of_bf16_matmul"] = flops / seconds / device_limits["bf16_flops_per_s"]
+        return result
+
+    return run

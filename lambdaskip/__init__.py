@@ -1,0 +1,17 @@
+"""lambdaskip: λ-skip sequence layers, rank-collapse metrics and fast kernels.
+
+A λ-skip layer computes ``Y_{k+1} = Norm(M_k V_k + λ·Y_k)``; the rank-collapse metric is
+``μ(Y) = ‖Y − 1·ȳᵀ‖_F``. Importing this package compiles nothing and needs no GPU.
+"""
+from lambdaskip import metrics, ops, reference
+from lambdaskip.metrics import CollapseProbe, effective_rank, mu, normalized_mu
+from lambdaskip.modules import (AttentionMixer, IdentityMixer, LambdaSkip, LambdaSkipBlock, LTIMixer,
+                                Mamba2Mixer, S4DMixer, build_stack)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttentionMixer", "CollapseProbe", "IdentityMixer", "LTIMixer", "LambdaSkip", "LambdaSkipBlock",
+    "Mamba2Mixer", "S4DMixer", "build_stack", "effective_rank", "metrics", "mu", "normalized_mu", "ops",
+    "reference",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from lambdaskip.cli import main
+
+sys.exit(main())

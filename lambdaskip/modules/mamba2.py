@@ -1,0 +1,104 @@
+"""The Mamba-2 mixer (in_proj → short causal conv → SSD scan → gated RMSNorm → out_proj).
+
+Defaults and parameter names follow mamba_ssm's ``Mamba2`` so weights can be mapped across. ``gating=False``
+drops the z branch (the paper's gating ablation): the scan output is normalised without the silu(z) gate.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lambdaskip import ops
+
+
+class GatedRMSNorm(nn.Module):
+    """``rmsnorm(y · silu(z)) · weight`` per group of ``group_size`` channels (z=None: no gate).
+
+    Shapes: y, z (..., d); weight (d,).
+    """
+
+    def __init__(self, d: int, group_size: int, eps: float = 1e-5):
+        super().__init__()
+        if d % group_size:
+            raise ValueError(f"d={d} must be divisible by group_size={group_size}")
+        self.group_size, self.eps = group_size, eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        dtype = y.dtype
+        y = y.float()
+        if z is not None:
+            y = y * F.silu(z.float())
+        groups = y.unflatten(-1, (-1, self.group_size))
+        groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (groups.flatten(-2) * self.weight.float()).to(dtype)
+
+
+class Mamba2Mixer(nn.Module):
+    """Mamba-2 sequence mixer, (batch, seqlen, d_model) -> (batch, seqlen, d_model).
+
+    Args:
+        d_model: token width.
+        d_state: SSM state size n.
+        d_conv: width of the depthwise causal convolution.
+        expand: d_inner = expand · d_model.
+        headdim: p; nheads = d_inner / headdim.
+        ngroups: g, groups sharing B and C.
+        chunk_size: SSD chunk length.
+        gating: multiply by silu(z) before the inner norm (Mamba-2's gate); False for the ablation.
+        inner_norm: apply the (gated) RMSNorm before out_proj.
+        dt_min, dt_max, dt_init_floor, A_init_range: initialisation as in mamba_ssm.
+        D_has_hdim: D of shape (nheads, headdim) instead of (nheads,).
+    """
+
+    def __init__(self, d_model: int, d_state: int = 64, d_conv: int = 4, expand: int = 2, headdim: int = 64,
+                 ngroups: int = 1, chunk_size: int = 64, gating: bool = True, inner_norm: bool = True,
+                 dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
+                 A_init_range: tuple[float, float] = (1.0, 16.0), D_has_hdim: bool = False, bias: bool = False,
+                 conv_bias: bool = True, norm_eps: float = 1e-5):
+        super().__init__()
+        d_inner = expand * d_model
+        if d_inner % headdim:
+            raise ValueError(f"expand*d_model={d_inner} must be divisible by headdim={headdim}")
+        self.nheads = d_inner // headdim
+        if self.nheads % ngroups:
+            raise ValueError(f"nheads={self.nheads} must be divisible by ngroups={ngroups}")
+        self.d_model, self.d_inner, self.d_state, self.headdim = d_model, d_inner, d_state, headdim
+        self.ngroups, self.chunk_size, self.gating = ngroups, chunk_size, gating
+        self.conv_dim = d_inner + 2 * ngroups * d_state
+        self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * ngroups * d_state + self.nheads, bias=bias)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, padding=d_conv - 1,
+                                bias=conv_bias)
+        dt = torch.exp(torch.rand(self.nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.nheads).uniform_(*A_init_range)))
+        self.D = nn.Parameter(torch.ones(self.nheads, headdim) if D_has_hdim else torch.ones(self.nheads))
+        self.norm = GatedRMSNorm(d_inner, d_inner // ngroups, eps=norm_eps) if inner_norm else None
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        if u.dim() != 3 or u.shape[-1] != self.d_model:
+            raise ValueError(f"input must have shape (batch, seqlen, {self.d_model}), got {tuple(u.shape)}")
+        b, l, _ = u.shape
+        z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :l].transpose(1, 2))
+        x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        y = ops.ssd_scan(
+            x.reshape(b, l, self.nheads, self.headdim), dt, -torch.exp(self.A_log.float()),
+            B.reshape(b, l, self.ngroups, self.d_state), C.reshape(b, l, self.ngroups, self.d_state),
+            chunk_size=self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
+        ).reshape(b, l, self.d_inner)
+        gate = z if self.gating else None
+        if self.norm is not None:
+            y = self.norm(y, gate)
+        elif gate is not None:
+            y = y * F.silu(gate)
+        return self.out_proj(y)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_state={self.d_state}, nheads={self.nheads}, headdim={self.headdim}, "
+                f"ngroups={self.ngroups}, chunk_size={self.chunk_size}, gating={self.gating}")

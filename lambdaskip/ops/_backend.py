@@ -1,0 +1,79 @@
+"""Backend selection shared by every public op.
+
+An op supports a subset of the backends below. ``backend="auto"`` picks the fastest one that can run
+on the input's device; a forced backend that cannot run raises instead of silently falling back.
+
+- ``"reference"``: plain PyTorch from :mod:`lambdaskip.reference`; runs everywhere, differentiable
+  by autograd.
+- ``"triton"``: the Triton kernels in :mod:`lambdaskip.kernels`; runs on CUDA, and on CPU only under
+  Triton's interpreter (``TRITON_INTERPRET=1`` set before the kernels are imported).
+- ``"extension"``: the compiled C++/CUDA extension from ``csrc/``.
+- ``"sdpa"``: PyTorch's fused ``scaled_dot_product_attention`` (attention only).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("auto", "reference", "triton", "extension", "sdpa")
+
+
+@functools.lru_cache(maxsize=None)
+def triton_importable() -> bool:
+    """True when the ``triton`` package is installed (checked without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreter_enabled() -> bool:
+    """True when Triton's CPU interpreter is switched on for this process."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_can_run(device: torch.device) -> bool:
+    """Whether the Triton kernels can run on ``device`` in this process."""
+    if not triton_importable():
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and triton_interpreter_enabled()
+
+
+def choose_backend(op: str, backend: str, device: torch.device, supported: tuple[str, ...],
+                   extension_can_run=None) -> str:
+    """Resolve ``backend`` for ``op`` on ``device``.
+
+    Args:
+        op: the op's name, used in error messages.
+        backend: the caller's request, one of :data:`BACKENDS`.
+        device: the device of the op's inputs.
+        supported: the backends this op implements (``"reference"`` always among them).
+        extension_can_run: callable ``device -> bool`` for ops with a compiled extension.
+    Returns:
+        one of ``supported``.
+    Raises:
+        ValueError: ``backend`` is unknown or not implemented by ``op``.
+        RuntimeError: a forced backend cannot run on ``device`` here.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if "triton" in supported and device.type == "cuda" and triton_can_run(device):
+            return "triton"
+        if "extension" in supported and extension_can_run is not None and extension_can_run(device):
+            return "extension"
+        if "sdpa" in supported:
+            return "sdpa"
+        return "reference"
+    if backend not in supported:
+        raise ValueError(f"{op}: backend={backend!r} is not implemented; choose from {('auto',) + supported}")
+    if backend == "triton" and not triton_can_run(device):
+        why = ("triton is not installed" if not triton_importable()
+               else f"tensors are on {device.type}; Triton runs on CUDA, or on CPU with TRITON_INTERPRET=1")
+        raise RuntimeError(f"{op}: backend='triton' cannot run: {why}")
+    if backend == "extension" and (extension_can_run is None or not extension_can_run(device)):
+        raise RuntimeError(f"{op}: backend='extension' cannot run on {device.type}: the compiled "
+                           f"extension is unavailable (see lambdaskip.extension_status())")
+    return backend

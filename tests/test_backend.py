@@ -1,0 +1,35 @@
+import pytest
+import torch
+
+from lambdaskip.ops._backend import choose_backend
+
+CPU = torch.device("cpu")
+
+
+def test_auto_picks_reference_on_cpu_without_extension():
+    assert choose_backend("op", "auto", CPU, ("reference", "triton")) == "reference"
+
+
+def test_auto_prefers_extension_when_it_can_run():
+    assert choose_backend("op", "auto", CPU, ("reference", "extension"), lambda d: True) == "extension"
+    assert choose_backend("op", "auto", CPU, ("reference", "extension"), lambda d: False) == "reference"
+
+
+def test_forced_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        choose_backend("op", "triton", CPU, ("reference", "triton"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert choose_backend("op", "triton", CPU, ("reference", "triton")) == "triton"
+
+
+def test_forced_extension_that_cannot_run_raises():
+    with pytest.raises(RuntimeError, match="extension"):
+        choose_backend("op", "extension", CPU, ("reference", "extension"), lambda d: False)
+
+
+def test_unknown_or_unsupported_backend_raises():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        choose_backend("op", "fast", CPU, ("reference",))
+    with pytest.raises(ValueError, match="not implemented"):
+        choose_backend("op", "triton", CPU, ("reference",))
