@@ -1,0 +1,171 @@
+"""The fused λ-residual + norm op: ``out = Norm(x + λ·residual)`` (LayerNorm, RMSNorm or ℓ2).
+
+The reference is :func:`lambdaskip.reference.lambda_norm.lambda_norm`; this module validates input and
+dispatches by ``backend``. The Triton path is two custom ops, ``lambdaskip::lambda_norm_fwd`` and
+``lambdaskip::lambda_norm_bwd`` (fakes registered, so torch.compile traces through them without a graph
+break), on 2-D (rows, d) contiguous views. λ is always a tensor input to them: a Python number becomes a
+0-d tensor in the compute dtype (and gets no gradient); a tensor λ gets its gradient dλ = Σ dh·residual.
+μ, the row statistics, and the backward op itself are not differentiable (no double backward).
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from lambdaskip.ops._backend import choose_backend
+from lambdaskip.ops._checks import check_finite_float, check_same_device, check_tensor
+from lambdaskip.reference.lambda_norm import NORMS, compute_dtype
+from lambdaskip.reference.lambda_norm import lambda_norm as reference_lambda_norm
+
+SUPPORTED_BACKENDS = ("reference", "triton")
+
+
+@torch.library.custom_op("lambdaskip::lambda_norm_fwd", mutates_args=())
+def lambda_norm_fwd(x: Tensor, residual: Tensor, lam: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                    eps: float, norm: str, prenorm: bool, residual_in_fp32: bool,
+                    group_rows: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Triton forward on (rows, d) inputs; returns (out, h or (0,), mean or (0,), rstd, mu or (0,)).
+
+    ``group_rows`` is the number of rows per batch element for μ; 0 skips μ."""
+    from lambdaskip.kernels.lambda_norm import lambda_norm_forward
+    h_dtype = compute_dtype(x) if residual_in_fp32 else x.dtype
+    return lambda_norm_forward(x.contiguous(), residual.contiguous(), lam.contiguous(),
+                               None if weight is None else weight.contiguous(),
+                               None if bias is None else bias.contiguous(), eps, norm, prenorm, h_dtype, group_rows)
+
+
+@lambda_norm_fwd.register_fake
+def _(x, residual, lam, weight, bias, eps, norm, prenorm, residual_in_fp32, group_rows):
+    rows, d = x.shape
+    stats = compute_dtype(x, residual, lam, weight, bias)
+    h_dtype = compute_dtype(x) if residual_in_fp32 else x.dtype
+    return (torch.empty_like(x),
+            x.new_empty((rows, d) if prenorm else (0,), dtype=h_dtype),
+            x.new_empty((rows,) if norm == "layernorm" else (0,), dtype=stats),
+            x.new_empty((rows,), dtype=stats),
+            x.new_empty((rows // group_rows,) if group_rows else (0,), dtype=stats))
+
+
+@torch.library.custom_op("lambdaskip::lambda_norm_bwd", mutates_args=())
+def lambda_norm_bwd(dout: Tensor, dh: Optional[Tensor], x: Tensor, residual: Tensor, lam: Tensor,
+                    weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor, rstd: Tensor,
+                    norm: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Triton backward; returns (dx, dresidual, dlam, dweight or (0,), dbias or (0,)), deterministic."""
+    from lambdaskip.kernels.lambda_norm import lambda_norm_backward
+    return lambda_norm_backward(dout.contiguous(), None if dh is None else dh.contiguous(), x, residual, lam,
+                                weight, bias, mean, rstd, norm)
+
+
+@lambda_norm_bwd.register_fake
+def _(dout, dh, x, residual, lam, weight, bias, mean, rstd, norm):
+    return (torch.empty_like(x), torch.empty_like(residual), torch.empty_like(lam),
+            torch.empty_like(weight) if weight is not None else x.new_empty((0,)),
+            torch.empty_like(bias) if bias is not None else x.new_empty((0,)))
+
+
+def _setup_context(ctx, inputs, output):
+    x, residual, lam, weight, bias, _eps, norm, prenorm, _fp32, _group_rows = inputs
+    _out, _h, mean, rstd, mu = output
+    ctx.save_for_backward(x, residual, lam, weight, bias, mean, rstd)
+    ctx.norm, ctx.prenorm = norm, prenorm
+    ctx.mark_non_differentiable(mean, rstd, mu)
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, dout, dh, _dmean, _drstd, _dmu):
+    x, residual, lam, weight, bias, mean, rstd = ctx.saved_tensors
+    dout = torch.zeros_like(x) if dout is None else dout.contiguous()
+    dh = dh.contiguous() if ctx.prenorm and dh is not None else None
+    dx, dres, dlam, dweight, dbias = lambda_norm_bwd(dout, dh, x, residual, lam, weight, bias, mean, rstd, ctx.norm)
+    return (dx, dres, dlam, dweight if weight is not None else None, dbias if bias is not None else None,
+            None, None, None, None, None)
+
+
+lambda_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_lam(lam, device: torch.device):
+    if isinstance(lam, torch.Tensor):
+        check_tensor("lam", lam)
+        if lam.shape not in (torch.Size([]), torch.Size([1])):
+            raise ValueError(f"lam must be a number or a 0-d / (1,) tensor, got shape {tuple(lam.shape)}")
+        if lam.device != device:
+            raise ValueError(f"lam must be on the device of x ({device}), got {lam.device}")
+        return lam
+    return check_finite_float("lam", lam)
+
+
+def _check_flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def lambda_norm(x: torch.Tensor, residual: torch.Tensor, lam, weight: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None, eps: float = 1e-5, *, norm: str = "layernorm",
+                prenorm: bool = False, residual_in_fp32: bool = False, return_mu: bool = False,
+                backend: str = "auto"):
+    """``out = Norm(x + lam·residual)`` over the last dim, fused.
+
+    Args:
+        x: (..., d) float16/bfloat16/float32/float64 tensor.
+        residual: same shape as ``x``, any float dtype.
+        lam: λ, a Python number or a 0-d / (1,) float tensor (may require grad; gets a gradient).
+        weight, bias: optional (d,) affine; ``bias`` only with ``norm="layernorm"``.
+        eps: > 0; added to the variance / mean square / sum of squares (see the reference module).
+        norm: "layernorm", "rmsnorm" or "l2" (h/sqrt(‖h‖² + eps), the paper's theory norm).
+        prenorm: also return the pre-norm sum ``h``.
+        residual_in_fp32: ``h`` in at least float32 instead of x's dtype.
+        return_mu: also return μ(out) per batch element (x viewed as (..., seqlen, d)); not differentiable.
+        backend: "auto", "reference" or "triton" (see :mod:`lambdaskip.ops._backend`).
+    Returns:
+        ``out`` (x's shape and dtype), then ``h`` if prenorm, then ``mu`` (shape x.shape[:-2], float32 or
+        float64) if return_mu; a tuple when more than one.
+    Raises:
+        TypeError / ValueError naming the offending argument; RuntimeError for a forced backend that
+        cannot run here.
+    """
+    check_tensor("x", x)
+    check_tensor("residual", residual)
+    if x.dim() < 1:
+        raise ValueError("x must have at least 1 dimension (..., d), got a 0-d tensor")
+    if residual.shape != x.shape:
+        raise ValueError(f"residual must have the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
+    d = x.shape[-1]
+    if weight is not None:
+        check_tensor("weight", weight, shape=(d,))
+    if bias is not None:
+        check_tensor("bias", bias, shape=(d,))
+    device = check_same_device(x=x, residual=residual, weight=weight, bias=bias)
+    lam = _check_lam(lam, device)
+    eps = check_finite_float("eps", eps, positive=True)
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if bias is not None and norm != "layernorm":
+        raise ValueError(f"bias is only supported with norm='layernorm', got norm={norm!r}")
+    _check_flag("prenorm", prenorm)
+    _check_flag("residual_in_fp32", residual_in_fp32)
+    if _check_flag("return_mu", return_mu) and x.dim() < 2:
+        raise ValueError(f"return_mu needs x of shape (..., seqlen, d), got {tuple(x.shape)}")
+
+    chosen = choose_backend("lambda_norm", backend, device, SUPPORTED_BACKENDS)
+    if chosen == "triton" and x.numel() > 0:
+        return _lambda_norm_triton(x, residual, lam, weight, bias, eps, norm, prenorm, residual_in_fp32, return_mu)
+    return reference_lambda_norm(x, residual, lam, weight, bias, eps, norm=norm, prenorm=prenorm,
+                                 residual_in_fp32=residual_in_fp32, return_mu=return_mu)
+
+
+def _lambda_norm_triton(x, residual, lam, weight, bias, eps, norm, prenorm, residual_in_fp32, return_mu):
+    d = x.shape[-1]
+    if not isinstance(lam, Tensor):
+        lam = torch.full((), lam, dtype=compute_dtype(x, residual, weight, bias), device=x.device)
+    out, h, _mean, _rstd, mu = lambda_norm_fwd(
+        x.reshape(-1, d).contiguous(), residual.reshape(-1, d).contiguous(), lam.contiguous(),
+        None if weight is None else weight.contiguous(), None if bias is None else bias.contiguous(),
+        eps, norm, prenorm, residual_in_fp32, x.shape[-2] if return_mu else 0)
+    results = [out.view(x.shape)]
+    if prenorm:
+        results.append(h.view(x.shape))
+    if return_mu:
+        results.append(mu.view(x.shape[:-2]))
+    return results[0] if len(results) == 1 else tuple(results)
