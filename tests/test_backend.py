@@ -33,3 +33,27 @@ def test_unknown_or_unsupported_backend_raises():
         choose_backend("op", "fast", CPU, ("reference",))
     with pytest.raises(ValueError, match="not implemented"):
         choose_backend("op", "triton", CPU, ("reference",))
+
+
+def test_prefer_backend_steers_auto_where_supported_and_runnable(monkeypatch):
+    from lambdaskip.ops import prefer_backend
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with prefer_backend("triton"):
+        assert choose_backend("op", "auto", CPU, ("reference", "triton")) == "triton"
+        assert choose_backend("op", "auto", CPU, ("reference",)) == "reference"
+        with prefer_backend("reference"):
+            assert choose_backend("op", "auto", CPU, ("reference", "triton")) == "reference"
+        # an explicit request still wins
+        assert choose_backend("op", "reference", CPU, ("reference", "triton")) == "reference"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with prefer_backend("triton"):
+        assert choose_backend("op", "auto", CPU, ("reference", "triton")) == "reference"
+    assert choose_backend("op", "auto", CPU, ("reference", "triton")) == "reference"
+
+
+def test_prefer_backend_rejects_auto_and_unknown():
+    from lambdaskip.ops import prefer_backend
+    for name in ("auto", "fast"):
+        with pytest.raises(ValueError, match="backend must be one of"):
+            with prefer_backend(name):
+                pass

@@ -12,6 +12,7 @@ on the input's device; a forced backend that cannot run raises instead of silent
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -19,6 +20,25 @@ import os
 import torch
 
 BACKENDS = ("auto", "reference", "triton", "extension", "sdpa")
+
+_preferred: list[str] = []
+
+
+@contextlib.contextmanager
+def prefer_backend(backend: str):
+    """Within the block, ops called with ``backend="auto"`` resolve to ``backend`` wherever they implement
+    it and it can run on their inputs; other ops keep their usual choice. Blocks nest.
+
+    This is how whole models switch paths without changing their code, e.g. the μ-parity checks run
+    a stack once under ``prefer_backend("reference")`` and once under ``prefer_backend("triton")``.
+    """
+    if backend not in BACKENDS or backend == "auto":
+        raise ValueError(f"backend must be one of {BACKENDS[1:]}, got {backend!r}")
+    _preferred.append(backend)
+    try:
+        yield
+    finally:
+        _preferred.pop()
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,6 +80,8 @@ def choose_backend(op: str, backend: str, device: torch.device, supported: tuple
     if backend not in BACKENDS:
         raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
+        if _preferred and _preferred[-1] in supported and _can_run(_preferred[-1], device, extension_can_run):
+            return _preferred[-1]
         if "triton" in supported and device.type == "cuda" and triton_can_run(device):
             return "triton"
         if "extension" in supported and extension_can_run is not None and extension_can_run(device):
@@ -69,11 +91,19 @@ def choose_backend(op: str, backend: str, device: torch.device, supported: tuple
         return "reference"
     if backend not in supported:
         raise ValueError(f"{op}: backend={backend!r} is not implemented; choose from {('auto',) + supported}")
-    if backend == "triton" and not triton_can_run(device):
+    if not _can_run(backend, device, extension_can_run):
+        if backend == "extension":
+            raise RuntimeError(f"{op}: backend='extension' cannot run on {device.type}: the compiled "
+                               f"extension is unavailable (see lambdaskip.extension_status())")
         why = ("triton is not installed" if not triton_importable()
                else f"tensors are on {device.type}; Triton runs on CUDA, or on CPU with TRITON_INTERPRET=1")
         raise RuntimeError(f"{op}: backend='triton' cannot run: {why}")
-    if backend == "extension" and (extension_can_run is None or not extension_can_run(device)):
-        raise RuntimeError(f"{op}: backend='extension' cannot run on {device.type}: the compiled "
-                           f"extension is unavailable (see lambdaskip.extension_status())")
     return backend
+
+
+def _can_run(backend: str, device: torch.device, extension_can_run) -> bool:
+    if backend == "triton":
+        return triton_can_run(device)
+    if backend == "extension":
+        return extension_can_run is not None and extension_can_run(device)
+    return True
