@@ -22,7 +22,7 @@ from lambdaskip.reference.ssd import prepare_dt, ssd_scan_chunked
 
 SUPPORTED_BACKENDS = ("reference", "triton")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-TRITON_MAX_DIM = 256  # headdim and dstate are held whole in one tile by the kernels
+TRITON_MAX_DIM = 128  # the backward kernels hold headdim × dstate whole in one float32 tile
 
 
 def _check_flag(name: str, value) -> bool:
@@ -73,7 +73,7 @@ def ssd_scan(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_sof
         initial_states: optional (batch, nheads, headdim, dstate) state before the first token.
         return_final_states: also return the state after the last token.
         backend: "auto" (Triton on CUDA, else the reference), "reference" or "triton" (on CPU only
-            under TRITON_INTERPRET=1). Triton takes float16/bfloat16/float32 and headdim, dstate ≤ 256;
+            under TRITON_INTERPRET=1). Triton takes float16/bfloat16/float32 and headdim, dstate ≤ 128;
             it accumulates in float32. "auto" uses the reference for float64 input.
     Returns:
         ``y`` (batch, seqlen, nheads, headdim) in x's dtype, or ``(y, final_states)`` with final states
@@ -113,26 +113,35 @@ def ssd_scan(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_sof
     device = check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
                                initial_states=initial_states)
 
-    triton_fits = x.dtype in TRITON_DTYPES and p <= TRITON_MAX_DIM and n <= TRITON_MAX_DIM
-    supported = SUPPORTED_BACKENDS if (triton_fits or backend == "triton") else ("reference",)
-    chosen = choose_backend("ssd_scan", backend, device, supported)
+    if backend == "auto" and _triton_limit_broken(x.dtype, p, n) is not None:
+        backend = "reference"  # float64, or sizes the kernels do not tile
+    chosen = choose_backend("ssd_scan", backend, device, SUPPORTED_BACKENDS)
     args = (x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states)
     if chosen == "reference":
         y, final = ssd_scan_chunked(*args, return_final_states=True)
     else:
-        if x.dtype not in TRITON_DTYPES:
-            raise TypeError(f"x: backend='triton' takes float16, bfloat16 or float32, got {x.dtype}")
-        if p > TRITON_MAX_DIM:
-            raise ValueError(f"x: backend='triton' takes headdim <= {TRITON_MAX_DIM}, got {p}")
-        if n > TRITON_MAX_DIM:
-            raise ValueError(f"B: backend='triton' takes dstate <= {TRITON_MAX_DIM}, got {n}")
+        broken = _triton_limit_broken(x.dtype, p, n)
+        if broken is not None:
+            raise broken
         y, final = _ssd_scan_triton(*args)
     return (y, final) if return_final_states else y
+
+
+def _triton_limit_broken(dtype: torch.dtype, headdim: int, dstate: int):
+    """The error to raise when the Triton kernels cannot take this input, else None."""
+    if dtype not in TRITON_DTYPES:
+        return TypeError(f"x: backend='triton' takes float16, bfloat16 or float32, got {dtype}")
+    if headdim > TRITON_MAX_DIM:
+        return ValueError(f"x: backend='triton' takes headdim <= {TRITON_MAX_DIM}, got {headdim}")
+    if dstate > TRITON_MAX_DIM:
+        return ValueError(f"B: backend='triton' takes dstate <= {TRITON_MAX_DIM}, got {dstate}")
+    return None
 
 
 def _ssd_scan_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states):
     """The step chain, skip and gate in PyTorch around the Triton scan op (see the module docstring)."""
     dt_eff = prepare_dt(dt.float(), None if dt_bias is None else dt_bias.float(), dt_softplus, dt_limit)
+    B, C = (t if t.dtype in TRITON_DTYPES else t.float() for t in (B, C))  # float64 B/C with 16/32-bit x
     y, final = torch.ops.lambdaskip.ssd_chunk_scan(
         x.contiguous(), dt_eff.contiguous(), A.float().contiguous(), B.contiguous(), C.contiguous(), chunk_size,
         None if initial_states is None else initial_states.contiguous())

@@ -1,0 +1,229 @@
+"""SSD Triton kernels (on CPU under TRITON_INTERPRET=1) against the float64 chunked reference.
+
+Outputs, final states and the gradients of every input (x, dt, A, B, C, D, z, dt_bias, initial_states)
+are compared on fresh random inputs, at lengths that are not multiples of the chunk. Also: the custom
+ops pass opcheck, compile with ``torch.compile(fullgraph=True)``, and the backward is deterministic.
+"""
+import pytest
+import torch
+
+from lambdaskip.ops.ssd import ssd_scan
+from lambdaskip.reference.ssd import ssd_scan_chunked
+from lambdaskip.testing import assert_close
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+F64 = torch.float64
+NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+
+
+def make_inputs(b, l, h, p, n, g, *, seed, dtype, D_shape=None, z=False, dt_bias=False, initial_states=False):
+    """Random SSD inputs in ``dtype`` on DEVICE (A < 0, dt > 0, as in Mamba-2), as a name → tensor dict."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=gen, dtype=F64) * scale + shift).to(dtype=dtype, device=DEVICE)
+
+    t = {"x": rand(b, l, h, p), "dt": rand(b, l, h, scale=0.3).abs() + 0.05,
+         "A": (-torch.rand(h, generator=gen, dtype=F64) * 1.5 - 0.1).to(dtype=dtype, device=DEVICE),
+         "B": rand(b, l, g, n), "C": rand(b, l, g, n)}
+    if D_shape == "h":
+        t["D"] = rand(h)
+    elif D_shape == "hp":
+        t["D"] = rand(h, p)
+    if z:
+        t["z"] = rand(b, l, h, p)
+    if dt_bias:
+        t["dt_bias"] = rand(h, scale=0.5, shift=-1.0)
+    if initial_states:
+        t["initial_states"] = rand(b, h, p, n)
+    return t
+
+
+def run(inputs, chunk_size, backend, *, dt_softplus=False, dt_limit=(0.0, float("inf")), grads_of=None, seed=0):
+    """y, final states and (if grads_of) the gradients of a random linear function of both."""
+    leaves = {k: v.detach().clone().requires_grad_(grads_of is not None) for k, v in inputs.items()}
+    kwargs = {k: v for k, v in leaves.items() if k not in ("x", "dt", "A", "B", "C")}
+    fn = ssd_scan if backend != "float64" else ssd_scan_chunked
+    args = [leaves[k] for k in ("x", "dt", "A", "B", "C")]
+    extra = {} if backend == "float64" else {"backend": backend}
+    y, final = fn(*args, chunk_size, **kwargs, dt_softplus=dt_softplus, dt_limit=dt_limit,
+                  return_final_states=True, **extra)
+    if grads_of is None:
+        return y, final, {}
+    gen = torch.Generator().manual_seed(seed + 1000)
+    dy = torch.randn(y.shape, generator=gen, dtype=F64).to(DEVICE)
+    dfinal = torch.randn(final.shape, generator=gen, dtype=F64).to(DEVICE)
+    loss = (y.to(F64) * dy).sum() + (final.to(F64) * dfinal).sum()
+    grads = torch.autograd.grad(loss, [leaves[k] for k in grads_of])
+    return y, final, dict(zip(grads_of, grads))
+
+
+def check_against_float64(inputs, chunk_size, dtype, **kw):
+    names = tuple(inputs)
+    y, final, grads = run(inputs, chunk_size, "triton", grads_of=names, **kw)
+    inputs64 = {k: v.to(F64) for k, v in inputs.items()}
+    y64, final64, grads64 = run(inputs64, chunk_size, "float64", grads_of=names, **kw)
+    assert y.dtype == dtype and final.dtype == dtype
+    assert_close(y, y64, dtype, "y")
+    assert_close(final, final64, dtype, "final_states")
+    for name in names:
+        assert grads[name].dtype == inputs[name].dtype, name
+        assert_close(grads[name], grads64[name], dtype, f"d{name}")
+
+
+CASES = [  # (b, l, h, p, n, g, chunk_size, D_shape, z, dt_bias+softplus, initial_states)
+    (1, 40, 2, 32, 16, 1, 16, None, False, False, False),
+    (2, 40, 2, 32, 16, 2, 16, "h", True, True, True),
+    (1, 37, 4, 32, 16, 1, 32, "hp", False, True, True),
+    (2, 21, 2, 20, 16, 1, 16, "h", True, False, False),
+    (1, 33, 2, 64, 64, 2, 32, None, True, True, True),
+]
+
+
+CASE_SEEDS = [(0, 0), (0, 1), (1, 0), (1, 1), (2, 2), (3, 3), (4, 4)]
+
+
+@pytest.mark.parametrize("case_index,seed", CASE_SEEDS, ids=[f"case{c}-seed{s}" for c, s in CASE_SEEDS])
+def test_triton_matches_float64_reference_fp32(case_index, seed):
+    b, l, h, p, n, g, chunk_size, D_shape, z, dt_extra, init = CASES[case_index]
+    inputs = make_inputs(b, l, h, p, n, g, seed=seed, dtype=torch.float32, D_shape=D_shape, z=z,
+                         dt_bias=dt_extra, initial_states=init)
+    check_against_float64(inputs, chunk_size, torch.float32, dt_softplus=dt_extra, seed=seed)
+
+
+def test_triton_matches_float64_reference_fp16():
+    inputs = make_inputs(1, 40, 2, 32, 16, 1, seed=0, dtype=torch.float16, D_shape="h", z=True, dt_bias=True,
+                         initial_states=True)
+    check_against_float64(inputs, 16, torch.float16, dt_softplus=True)
+
+
+def test_triton_fp16_longer_sequence():
+    """600 tokens: dA and d dt_bias sum ~600 cancelling terms; with 16-bit operands in the backward's
+    dΛ products d dt_bias was off by 5e-3 here (float32-accurate products give 2e-4, as the reference)."""
+    inputs = make_inputs(2, 300, 2, 32, 64, 1, seed=1, dtype=torch.float16, D_shape="h", z=True, dt_bias=True,
+                         initial_states=True)
+    check_against_float64(inputs, 64, torch.float16, dt_softplus=True, seed=1)
+
+
+def test_triton_large_state_and_dt_limit():
+    """dstate 128, headdim 64, a clamp on dt: still matches."""
+    inputs = make_inputs(1, 20, 2, 64, 128, 1, seed=3, dtype=torch.float32, D_shape="hp", dt_bias=True,
+                         initial_states=True)
+    check_against_float64(inputs, 16, torch.float32, dt_softplus=True, dt_limit=(0.1, 0.5))
+
+
+def test_triton_strong_decay_stays_finite():
+    """exp(dt·A) underflows to 0 within a chunk: no inf/NaN, still the reference's answer."""
+    inputs = make_inputs(1, 24, 2, 16, 16, 1, seed=4, dtype=torch.float32, initial_states=True)
+    inputs["A"] = torch.tensor([-300.0, -1.0], device=DEVICE)
+    inputs["dt"] = inputs["dt"] * 10
+    check_against_float64(inputs, 16, torch.float32)
+
+
+def test_triton_backward_is_deterministic():
+    inputs = make_inputs(1, 40, 2, 32, 16, 1, seed=5, dtype=torch.float32, D_shape="h", initial_states=True)
+    first = run(inputs, 16, "triton", grads_of=tuple(inputs))[2]
+    second = run(inputs, 16, "triton", grads_of=tuple(inputs))[2]
+    for name in inputs:
+        assert torch.equal(first[name], second[name]), name
+
+
+def test_triton_without_final_state_gradient():
+    """Only y is used: the final-state gradient arrives as None/zeros and is handled."""
+    inputs = make_inputs(1, 20, 2, 16, 16, 1, seed=6, dtype=torch.float32, initial_states=True)
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    y = ssd_scan(leaves["x"], leaves["dt"], leaves["A"], leaves["B"], leaves["C"], 16,
+                 initial_states=leaves["initial_states"], backend="triton")
+    y.sum().backward()
+    ref = {k: v.to(F64).requires_grad_() for k, v in inputs.items()}
+    ssd_scan_chunked(ref["x"], ref["dt"], ref["A"], ref["B"], ref["C"], 16,
+                     initial_states=ref["initial_states"]).sum().backward()
+    for name in inputs:
+        assert_close(leaves[name].grad, ref[name].grad, torch.float32, f"d{name}")
+
+
+def _op_args(seed=7):
+    t = make_inputs(1, 20, 2, 16, 16, 1, seed=seed, dtype=torch.float32, initial_states=True)
+    return t["x"], t["dt"], t["A"], t["B"], t["C"], 16, t["initial_states"]
+
+
+def test_opcheck_forward():
+    x, dt, A, B, C, chunk_size, h0 = _op_args()
+    args = (x.requires_grad_(), dt.requires_grad_(), A.requires_grad_(), B, C, chunk_size, h0.requires_grad_())
+    torch.library.opcheck(torch.ops.lambdaskip.ssd_chunk_scan.default, args)
+
+
+def test_opcheck_backward():
+    x, dt, A, B, C, chunk_size, h0 = _op_args()
+    gen = torch.Generator().manual_seed(8)
+    dy = torch.randn(x.shape, generator=gen).to(DEVICE)
+    dfinal = torch.randn(h0.shape, generator=gen).to(DEVICE)
+    torch.library.opcheck(torch.ops.lambdaskip.ssd_chunk_scan_backward.default,
+                          (dy, dfinal, x, dt, A, B, C, chunk_size, h0))
+
+
+def test_torch_compile_fullgraph():
+    """The Triton path (custom ops + the PyTorch step chain, skip and gate) compiles without graph breaks."""
+    inputs = make_inputs(1, 20, 2, 16, 16, 1, seed=9, dtype=torch.float32, D_shape="h", z=True, dt_bias=True,
+                         initial_states=True)
+
+    def f(x, dt, A, B, C, D, z, dt_bias, initial_states):
+        y, final = ssd_scan(x, dt, A, B, C, 16, D=D, z=z, dt_bias=dt_bias, dt_softplus=True,
+                            initial_states=initial_states, return_final_states=True, backend="triton")
+        return y.square().sum() + final.sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True)
+    eager_leaves = [inputs[k].clone().requires_grad_() for k in NAMES]
+    compiled_leaves = [inputs[k].clone().requires_grad_() for k in NAMES]
+    eager = f(*eager_leaves)
+    eager.backward()
+    out = compiled(*compiled_leaves)
+    out.backward()
+    assert_close(out, eager, torch.float32, "loss")
+    for name, a, e in zip(NAMES, compiled_leaves, eager_leaves):
+        assert_close(a.grad, e.grad, torch.float32, f"d{name}")
+
+
+def test_triton_backend_rejects_what_it_cannot_run():
+    t = make_inputs(1, 8, 2, 16, 16, 1, seed=0, dtype=F64)
+    with pytest.raises(TypeError, match="x"):
+        ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], 16, backend="triton")
+    t = make_inputs(1, 8, 1, 200, 16, 1, seed=0, dtype=torch.float32)
+    with pytest.raises(ValueError, match="headdim"):
+        ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], 16, backend="triton")
+    t = make_inputs(1, 8, 1, 16, 200, 1, seed=0, dtype=torch.float32)
+    with pytest.raises(ValueError, match="B"):
+        ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], 16, backend="triton")
+
+
+def test_auto_picks_the_reference_for_float64():
+    t = make_inputs(1, 8, 2, 4, 4, 1, seed=0, dtype=F64)
+    y = ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], 16)
+    assert_close(y, ssd_scan_chunked(t["x"], t["dt"], t["A"], t["B"], t["C"], 16), F64, "y")
+
+
+# ------------------------------------------------------------------------------------------------ GPU only
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("l,chunk_size", [(40, 16), (1000, 64), (300, 256)])
+def test_gpu_matches_float64_reference(dtype, l, chunk_size):
+    inputs = make_inputs(2, l, 4, 64, 64, 2, seed=l, dtype=dtype, D_shape="h", z=True, dt_bias=True,
+                         initial_states=True)
+    check_against_float64(inputs, chunk_size, dtype, dt_softplus=True)
+
+
+@pytest.mark.gpu
+def test_gpu_realistic_size_bf16():
+    """b=2, l=2048, h=8, p=64, n=128, bf16 against the reference run in float32 on the same inputs."""
+    inputs = make_inputs(2, 2048, 8, 64, 128, 1, seed=11, dtype=torch.bfloat16, D_shape="h", z=True,
+                         dt_bias=True, initial_states=True)
+    names = tuple(inputs)
+    y, final, grads = run(inputs, 64, "triton", dt_softplus=True, grads_of=names)
+    inputs32 = {k: v.float() for k, v in inputs.items()}
+    y32, final32, grads32 = run(inputs32, 64, "reference", dt_softplus=True, grads_of=names)
+    assert_close(y, y32, torch.bfloat16, "y")
+    assert_close(final, final32, torch.bfloat16, "final_states")
+    for name in names:
+        assert_close(grads[name], grads32[name], torch.bfloat16, f"d{name}")
