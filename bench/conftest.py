@@ -26,6 +26,9 @@ def pytest_configure(config):
         os.environ["LAMBDASKIP_BENCH_FULL"] = "1"
 
 
+_measured_limits: dict = {}
+
+
 def pytest_benchmark_update_machine_info(config, machine_info):
     try:
         import triton
@@ -35,6 +38,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["torch"] = torch.__version__
     machine_info["triton"] = triton_version
     machine_info["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    if _measured_limits:
+        machine_info["device_limits"] = dict(_measured_limits)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -80,7 +85,9 @@ def device_limits(device):
     a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
     mm_ms = _cuda_time_ms(lambda: a @ a, repeats=10)
     del src, dst, a
-    return {"copy_bytes_per_s": 2 * (1 << 30) / (copy_ms * 1e-3), "bf16_flops_per_s": 2 * 8192**3 / (mm_ms * 1e-3)}
+    _measured_limits.update(copy_bytes_per_s=2 * (1 << 30) / (copy_ms * 1e-3),
+                            bf16_flops_per_s=2 * 8192**3 / (mm_ms * 1e-3))
+    return dict(_measured_limits)
 
 
 @pytest.fixture

@@ -43,6 +43,8 @@ def test_prefer_backend_steers_auto_where_supported_and_runnable(monkeypatch):
         assert choose_backend("op", "auto", CPU, ("reference",)) == "reference"
         with prefer_backend("reference"):
             assert choose_backend("op", "auto", CPU, ("reference", "triton")) == "reference"
+        with prefer_backend("extension"):  # does not apply to a triton-only op: the outer preference does
+            assert choose_backend("op", "auto", CPU, ("reference", "triton")) == "triton"
         # an explicit request still wins
         assert choose_backend("op", "reference", CPU, ("reference", "triton")) == "reference"
     monkeypatch.setenv("TRITON_INTERPRET", "0")

@@ -27,7 +27,9 @@ _preferred: list[str] = []
 @contextlib.contextmanager
 def prefer_backend(backend: str):
     """Within the block, ops called with ``backend="auto"`` resolve to ``backend`` wherever they implement
-    it and it can run on their inputs; other ops keep their usual choice. Blocks nest.
+    it and it can run on their inputs; other ops keep their usual choice. Blocks nest: the innermost
+    preference that applies to an op wins, so ``prefer_backend("triton")`` around
+    ``prefer_backend("extension")`` steers both kinds of ops.
 
     This is how whole models switch paths without changing their code, e.g. the μ-parity checks run
     a stack once under ``prefer_backend("reference")`` and once under ``prefer_backend("triton")``.
@@ -80,8 +82,9 @@ def choose_backend(op: str, backend: str, device: torch.device, supported: tuple
     if backend not in BACKENDS:
         raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        if _preferred and _preferred[-1] in supported and _can_run(_preferred[-1], device, extension_can_run):
-            return _preferred[-1]
+        for preferred in reversed(_preferred):
+            if preferred in supported and _can_run(preferred, device, extension_can_run):
+                return preferred
         if "triton" in supported and device.type == "cuda" and triton_can_run(device):
             return "triton"
         if "extension" in supported and extension_can_run is not None and extension_can_run(device):
