@@ -4,6 +4,7 @@ A λ-skip layer computes ``Y_{k+1} = Norm(M_k V_k + λ·Y_k)``; the rank-collaps
 ``μ(Y) = ‖Y − 1·ȳᵀ‖_F``. Importing this package compiles nothing and needs no GPU.
 """
 from lambdaskip import metrics, ops, reference
+from lambdaskip.hf import restore, retrofit
 from lambdaskip.metrics import CollapseProbe, effective_rank, mu, normalized_mu
 from lambdaskip.modules import (AttentionMixer, IdentityMixer, LambdaSkip, LambdaSkipBlock, LTIMixer,
                                 Mamba2Mixer, S4DMixer, build_stack)
@@ -13,5 +14,5 @@ __version__ = "0.1.0"
 __all__ = [
     "AttentionMixer", "CollapseProbe", "IdentityMixer", "LTIMixer", "LambdaSkip", "LambdaSkipBlock",
     "Mamba2Mixer", "S4DMixer", "build_stack", "effective_rank", "metrics", "mu", "normalized_mu", "ops",
-    "reference",
+    "reference", "restore", "retrofit",
 ]
