@@ -33,33 +33,17 @@ CHUNK_D = 2048
 
 
 @triton.jit
-def _load_h(X, RES, offs, mask, lam, COMPUTE: tl.constexpr):
-    """h = x + λ·residual for one block of a row, 0 outside ``mask``."""
-    x = tl.load(X + offs, mask=mask, other=0.0).to(COMPUTE)
-    r = tl.load(RES + offs, mask=mask, other=0.0).to(COMPUTE)
-    return x + lam * r
-
-
-@triton.jit
-def _affine(xhat, W, B, cols, mask, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
-    """x̂·weight + bias for one block (0 outside ``mask``)."""
-    y = xhat
-    if HAS_WEIGHT:
-        y = y * tl.load(W + cols, mask=mask, other=0.0).to(COMPUTE)
-    if HAS_BIAS:
-        y = y + tl.load(B + cols, mask=mask, other=0.0).to(COMPUTE)
-    return tl.where(mask, y, 0.0)
-
-
-@triton.jit
 def _program_rows(n_rows, group_rows, programs_per_group, rows_per_program):
-    """(first row, row count) of this program; programs never straddle a group of ``group_rows`` rows."""
+    """(program id, first row, row count) of this program; programs never straddle a group of rows."""
     pid = tl.program_id(0)
     group = pid // programs_per_group
     row_start = group * group_rows + (pid % programs_per_group) * rows_per_program
     row_end = tl.minimum(tl.minimum(row_start + rows_per_program, (group + 1) * group_rows), n_rows)
     return pid, row_start, row_end - row_start
 
+
+# Helpers are written inline below (h = x + λ·r, the affine, the backward row terms): under Triton's
+# CPU interpreter every nested @triton.jit call costs milliseconds, which the CPU tests pay per row.
 
 @triton.jit
 def _forward_fused_kernel(X, RES, LAM, W, B, OUT, H, MEAN, RSTD, PART_MEAN, PART_M2,
@@ -72,12 +56,15 @@ def _forward_fused_kernel(X, RES, LAM, W, B, OUT, H, MEAN, RSTD, PART_MEAN, PART
     cols = tl.arange(0, BLOCK_D)
     mask = cols < D
     lam = tl.load(LAM).to(COMPUTE)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(COMPUTE) if HAS_WEIGHT else 1.0
+    b = tl.load(B + cols, mask=mask, other=0.0).to(COMPUTE) if HAS_BIAS else 0.0
     base = row_start.to(tl.int64) * D
     mu_mean = tl.zeros([BLOCK_D], COMPUTE)
     mu_m2 = tl.zeros([BLOCK_D], COMPUTE)
     for i in range(0, n_own):
         offs = base + i * D + cols
-        h = _load_h(X, RES, offs, mask, lam, COMPUTE)
+        h = (tl.load(X + offs, mask=mask, other=0.0).to(COMPUTE)
+             + lam * tl.load(RES + offs, mask=mask, other=0.0).to(COMPUTE))
         if STORE_H:
             tl.store(H + offs, h.to(H.dtype.element_ty), mask=mask)
         if NORM == 0:
@@ -93,7 +80,7 @@ def _forward_fused_kernel(X, RES, LAM, W, B, OUT, H, MEAN, RSTD, PART_MEAN, PART
             rstd = tl.rsqrt(tl.sum(h * h, axis=0) + eps)
             xhat = h * rstd
         tl.store(RSTD + row_start + i, rstd)
-        y = _affine(xhat, W, B, cols, mask, HAS_WEIGHT, HAS_BIAS, COMPUTE)
+        y = tl.where(mask, xhat * w + b, 0.0)
         tl.store(OUT + offs, y.to(OUT.dtype.element_ty), mask=mask)
         if WANT_MU:
             delta = y - mu_mean
@@ -127,7 +114,9 @@ def _forward_looped_kernel(X, RES, LAM, W, B, OUT, H, MEAN, RSTD, PART_MEAN, PAR
         acc = tl.zeros([BLOCK_D], COMPUTE)
         for start in range(0, D, BLOCK_D):
             cols = start + cols0
-            h = _load_h(X, RES, row + cols, cols < D, lam, COMPUTE)
+            mask = cols < D
+            h = (tl.load(X + row + cols, mask=mask, other=0.0).to(COMPUTE)
+                 + lam * tl.load(RES + row + cols, mask=mask, other=0.0).to(COMPUTE))
             acc += h if NORM == 0 else h * h
         if NORM == 0:
             mean = tl.sum(acc, axis=0) / D
@@ -135,7 +124,9 @@ def _forward_looped_kernel(X, RES, LAM, W, B, OUT, H, MEAN, RSTD, PART_MEAN, PAR
             for start in range(0, D, BLOCK_D):
                 cols = start + cols0
                 mask = cols < D
-                centered = tl.where(mask, _load_h(X, RES, row + cols, mask, lam, COMPUTE) - mean, 0.0)
+                h = (tl.load(X + row + cols, mask=mask, other=0.0).to(COMPUTE)
+                     + lam * tl.load(RES + row + cols, mask=mask, other=0.0).to(COMPUTE))
+                centered = tl.where(mask, h - mean, 0.0)
                 acc += centered * centered
             rstd = tl.rsqrt(tl.sum(acc, axis=0) / D + eps)
             tl.store(MEAN + row_start + i, mean)
@@ -149,11 +140,16 @@ def _forward_looped_kernel(X, RES, LAM, W, B, OUT, H, MEAN, RSTD, PART_MEAN, PAR
         for start in range(0, D, BLOCK_D):
             cols = start + cols0
             mask = cols < D
-            h = _load_h(X, RES, row + cols, mask, lam, COMPUTE)
+            h = (tl.load(X + row + cols, mask=mask, other=0.0).to(COMPUTE)
+                 + lam * tl.load(RES + row + cols, mask=mask, other=0.0).to(COMPUTE))
             if STORE_H:
                 tl.store(H + row + cols, h.to(H.dtype.element_ty), mask=mask)
-            xhat = tl.where(mask, h - mean, 0.0) * rstd
-            y = _affine(xhat, W, B, cols, mask, HAS_WEIGHT, HAS_BIAS, COMPUTE)
+            y = (h - mean) * rstd
+            if HAS_WEIGHT:
+                y = y * tl.load(W + cols, mask=mask, other=0.0).to(COMPUTE)
+            if HAS_BIAS:
+                y = y + tl.load(B + cols, mask=mask, other=0.0).to(COMPUTE)
+            y = tl.where(mask, y, 0.0)
             tl.store(OUT + row + cols, y.to(OUT.dtype.element_ty), mask=mask)
             if WANT_MU:
                 mu_mean = tl.load(part + cols, mask=mask, other=0.0)
@@ -166,16 +162,6 @@ def _forward_looped_kernel(X, RES, LAM, W, B, OUT, H, MEAN, RSTD, PART_MEAN, PAR
 
 
 @triton.jit
-def _backward_row_terms(h, mean, rstd, dy, W, cols, mask, HAS_WEIGHT: tl.constexpr, COMPUTE: tl.constexpr):
-    """(x̂, g·x̂, g) for one block: the normalised row and the weighted output gradient."""
-    xhat = tl.where(mask, h - mean, 0.0) * rstd
-    g = dy
-    if HAS_WEIGHT:
-        g = g * tl.load(W + cols, mask=mask, other=0.0).to(COMPUTE)
-    return xhat, g * xhat, g
-
-
-@triton.jit
 def _backward_fused_kernel(DOUT, DH_IN, X, RES, LAM, W, MEAN, RSTD, DX, DRES, PART_DW, PART_DB, PART_DLAM,
                            n_rows, D, rows_per_program,
                            NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -185,19 +171,21 @@ def _backward_fused_kernel(DOUT, DH_IN, X, RES, LAM, W, MEAN, RSTD, DX, DRES, PA
     cols = tl.arange(0, BLOCK_D)
     mask = cols < D
     lam = tl.load(LAM).to(COMPUTE)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(COMPUTE) if HAS_WEIGHT else 1.0
     base = row_start.to(tl.int64) * D
     dw = tl.zeros([BLOCK_D], COMPUTE)
     db = tl.zeros([BLOCK_D], COMPUTE)
     dlam = tl.zeros([BLOCK_D], COMPUTE)
     for i in range(0, n_own):
         offs = base + i * D + cols
-        x = tl.load(X + offs, mask=mask, other=0.0).to(COMPUTE)
         r = tl.load(RES + offs, mask=mask, other=0.0).to(COMPUTE)
+        h = tl.load(X + offs, mask=mask, other=0.0).to(COMPUTE) + lam * r
         mean = tl.load(MEAN + row_start + i).to(COMPUTE) if NORM == 0 else 0.0
         rstd = tl.load(RSTD + row_start + i).to(COMPUTE)
         dy = tl.load(DOUT + offs, mask=mask, other=0.0).to(COMPUTE)
-        xhat, gxhat, g = _backward_row_terms(x + lam * r, mean, rstd, dy, W, cols, mask, HAS_WEIGHT, COMPUTE)
-        c1 = tl.sum(gxhat, axis=0) if NORM == 2 else tl.sum(gxhat, axis=0) / D
+        xhat = tl.where(mask, h - mean, 0.0) * rstd
+        g = dy * w
+        c1 = tl.sum(g * xhat, axis=0) if NORM == 2 else tl.sum(g * xhat, axis=0) / D
         c0 = tl.sum(g, axis=0) / D if NORM == 0 else 0.0
         dh = (g - xhat * c1 - c0) * rstd
         if HAS_DH:
@@ -244,20 +232,26 @@ def _backward_looped_kernel(DOUT, DH_IN, X, RES, LAM, W, MEAN, RSTD, DX, DRES, P
         for start in range(0, D, BLOCK_D):
             cols = start + cols0
             mask = cols < D
-            dy = tl.load(DOUT + row + cols, mask=mask, other=0.0).to(COMPUTE)
-            h = _load_h(X, RES, row + cols, mask, lam, COMPUTE)
-            xhat, gxhat, g = _backward_row_terms(h, mean, rstd, dy, W, cols, mask, HAS_WEIGHT, COMPUTE)
-            acc_gxhat += gxhat
+            h = (tl.load(X + row + cols, mask=mask, other=0.0).to(COMPUTE)
+                 + lam * tl.load(RES + row + cols, mask=mask, other=0.0).to(COMPUTE))
+            xhat = tl.where(mask, h - mean, 0.0) * rstd
+            g = tl.load(DOUT + row + cols, mask=mask, other=0.0).to(COMPUTE)
+            if HAS_WEIGHT:
+                g = g * tl.load(W + cols, mask=mask, other=0.0).to(COMPUTE)
+            acc_gxhat += g * xhat
             acc_g += g
         c1 = tl.sum(acc_gxhat, axis=0) if NORM == 2 else tl.sum(acc_gxhat, axis=0) / D
         c0 = tl.sum(acc_g, axis=0) / D if NORM == 0 else 0.0
         for start in range(0, D, BLOCK_D):
             cols = start + cols0
             mask = cols < D
-            dy = tl.load(DOUT + row + cols, mask=mask, other=0.0).to(COMPUTE)
             r = tl.load(RES + row + cols, mask=mask, other=0.0).to(COMPUTE)
             h = tl.load(X + row + cols, mask=mask, other=0.0).to(COMPUTE) + lam * r
-            xhat, gxhat, g = _backward_row_terms(h, mean, rstd, dy, W, cols, mask, HAS_WEIGHT, COMPUTE)
+            xhat = tl.where(mask, h - mean, 0.0) * rstd
+            dy = tl.load(DOUT + row + cols, mask=mask, other=0.0).to(COMPUTE)
+            g = dy
+            if HAS_WEIGHT:
+                g = g * tl.load(W + cols, mask=mask, other=0.0).to(COMPUTE)
             dh = (g - xhat * c1 - c0) * rstd
             if HAS_DH:
                 dh += tl.load(DH_IN + row + cols, mask=mask, other=0.0).to(COMPUTE)
@@ -293,9 +287,13 @@ def _forward_rows_per_program(device: torch.device) -> int:
     return 8 if device.type == "cuda" else 4
 
 
-def _backward_rows_per_program(n_rows: int, device: torch.device) -> int:
-    """Rows per backward program: about two programs per SM on CUDA (few partial rows), four on CPU."""
-    programs = 2 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+def _backward_rows_per_program(n_rows: int, device: torch.device, num_warps: int) -> int:
+    """Rows per backward program: on CUDA enough programs for about 32 resident warps per SM (and no more:
+    each program writes a partial dW row); four programs on CPU."""
+    if device.type == "cuda":
+        programs = torch.cuda.get_device_properties(device).multi_processor_count * max(1, 32 // num_warps)
+    else:
+        programs = 4
     return triton.cdiv(n_rows, min(n_rows, programs))
 
 
@@ -354,7 +352,8 @@ def lambda_norm_forward(x: torch.Tensor, residual: torch.Tensor, lam: torch.Tens
 
 
 def lambda_norm_backward(dout: torch.Tensor, dh: torch.Tensor | None, x: torch.Tensor, residual: torch.Tensor,
-                         lam: torch.Tensor, weight, bias, mean: torch.Tensor, rstd: torch.Tensor, norm: str, *, max_block_d: int = MAX_FUSED_D, rows_per_program: int | None = None):
+                         lam: torch.Tensor, weight, bias, mean: torch.Tensor, rstd: torch.Tensor, norm: str, *,
+                         max_block_d: int = MAX_FUSED_D, rows_per_program: int | None = None):
     """Backward launcher.
 
     Args:
@@ -363,12 +362,12 @@ def lambda_norm_backward(dout: torch.Tensor, dh: torch.Tensor | None, x: torch.T
         mean, rstd: the forward's row statistics.
     Returns:
         (dx x.dtype, dresidual residual.dtype, dlam lam's shape and dtype, dweight (d,) weight.dtype or (0,),
-        dbias (d,) bias.dtype or (0,)); partials are reduced in the compute dtype.
+        dbias (d,) bias.dtype or (0,)); partials are reduced in the forward's compute dtype (rstd's).
     """
     n_rows, d = x.shape
-    compute = _compute_dtype(x, residual, lam, weight, dout)
+    compute = rstd.dtype
     block, num_warps, looped = _block_and_warps(d, max_block_d)
-    rows = rows_per_program or _backward_rows_per_program(n_rows, x.device)
+    rows = rows_per_program or _backward_rows_per_program(n_rows, x.device, num_warps)
     programs = triton.cdiv(n_rows, rows)
 
     dx = torch.empty_like(x)
@@ -386,7 +385,6 @@ def lambda_norm_backward(dout: torch.Tensor, dh: torch.Tensor | None, x: torch.T
         NORM=NORM_CODES[norm], HAS_WEIGHT=has_weight, HAS_BIAS=has_bias, HAS_DH=dh is not None,
         COMPUTE=_tl_dtype(compute), BLOCK_D=block, num_warps=num_warps)
     dlam = part_dlam.sum().to(lam.dtype).reshape(lam.shape)
-    dweight = part_dw.sum(dim=0).to(weight.dtype) if has_weight else torch.empty((0,), dtype=x.dtype,
-                                                                                   device=x.device)
-    dbias = part_db.sum(dim=0).to(bias.dtype) if has_bias else torch.empty((0,), dtype=x.dtype, device=x.device)
+    dweight = part_dw.sum(dim=0).to(weight.dtype) if has_weight else x.new_empty((0,))
+    dbias = part_db.sum(dim=0).to(bias.dtype) if has_bias else x.new_empty((0,))
     return dx, dres, dlam, dweight, dbias

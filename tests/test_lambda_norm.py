@@ -9,16 +9,15 @@ from lambdaskip.reference.lambda_norm import lambda_norm as reference_lambda_nor
 from lambdaskip.testing import assert_close
 
 
-def make_inputs(shape, dtype=torch.float32, seed=0, affine=True, bias=True, lam_tensor=False,
-                residual_dtype=None):
+def make_inputs(shape, dtype=torch.float32, seed=0, affine=True, bias=True, residual_dtype=None, device="cpu"):
+    """Random (x, residual, λ = 0.7, weight, bias) drawn in float64 on the CPU, then cast and moved."""
     g = torch.Generator().manual_seed(seed)
     d = shape[-1]
-    x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
-    residual = torch.randn(shape, generator=g, dtype=torch.float64).to(residual_dtype or dtype)
-    weight = (1 + 0.5 * torch.randn(d, generator=g, dtype=torch.float64)).to(dtype) if affine else None
-    b = (0.5 * torch.randn(d, generator=g, dtype=torch.float64)).to(dtype) if affine and bias else None
-    lam = torch.tensor(0.7, dtype=dtype) if lam_tensor else 0.7
-    return x, residual, lam, weight, b
+    x = torch.randn(shape, generator=g, dtype=torch.float64).to(device, dtype)
+    residual = torch.randn(shape, generator=g, dtype=torch.float64).to(device, residual_dtype or dtype)
+    weight = (1 + 0.5 * torch.randn(d, generator=g, dtype=torch.float64)).to(device, dtype) if affine else None
+    b = (0.5 * torch.randn(d, generator=g, dtype=torch.float64)).to(device, dtype) if affine and bias else None
+    return x, residual, 0.7, weight, b
 
 
 # ---------------------------------------------------------------- reference
@@ -58,7 +57,7 @@ def test_reference_prenorm_mu_and_dtypes():
 
 
 def test_reference_gradcheck_float64():
-    x, res, _, w, b = make_inputs((2, 3, 10), torch.float64, seed=4)
+    x, res, _, w, b = make_inputs((2, 3, 8), torch.float64, seed=4)
     lam = torch.tensor(-0.8, dtype=torch.float64)
     for t in (x, res, lam, w, b):
         t.requires_grad_(True)
@@ -106,3 +105,254 @@ def test_op_reference_backend_matches_reference():
     want = reference_lambda_norm(x, res, lam, w, b, prenorm=True, return_mu=True)
     for g, e in zip(got, want):
         assert_close(g, e)
+
+
+# ---------------------------------------------------------------- triton kernels vs the float64 reference
+
+def run_with_grads(fn, inputs, out_grad, h_grad):
+    """Run ``fn(*inputs) -> (out, [h,] mu)``; return (out, h or None, mu, grads of the inputs requiring grad)."""
+    out, *h, mu = fn(*inputs)
+    h = h[0] if h else None
+    loss = (out.double() * out_grad).sum() + (0 if h is None else (h.double() * h_grad).sum())
+    grads = torch.autograd.grad(loss, [t for t in inputs if t is not None and t.requires_grad])
+    return out, h, mu, grads
+
+
+def check_triton_against_reference(shape, dtype, norm, lam_value, prenorm, residual_in_fp32, affine, seed,
+                                   residual_dtype=None, device="cpu"):
+    x, res, _, w, b = make_inputs(shape, dtype, seed=seed, affine=affine, bias=norm == "layernorm",
+                                  residual_dtype=residual_dtype, device=device)
+    lam = torch.tensor(lam_value, device=device)
+    inputs = [t.requires_grad_(True) if t is not None else None for t in (x, res, lam, w, b)]
+    doubles = [t.detach().double().requires_grad_(True) if t is not None else None for t in inputs]
+    g = torch.Generator().manual_seed(seed + 100)
+    out_grad = torch.randn(shape, generator=g, dtype=torch.float64).to(device)
+    h_grad = torch.randn(shape, generator=g, dtype=torch.float64).to(device)
+
+    def op(backend):
+        return lambda *t: lambda_norm(*t, 1e-5, norm=norm, prenorm=prenorm, residual_in_fp32=residual_in_fp32,
+                                      return_mu=True, backend=backend)
+
+    out, h, mu, grads = run_with_grads(op("triton"), inputs, out_grad, h_grad)
+    ref_out, ref_h, ref_mu, ref_grads = run_with_grads(op("reference"), doubles, out_grad, h_grad)
+    assert out.dtype == dtype and out.shape == shape
+    assert mu.shape == shape[:-2] and mu.dtype == torch.promote_types(dtype, torch.float32)
+    assert_close(out, ref_out, dtype, what="out")
+    if prenorm:
+        assert h.dtype == (torch.promote_types(dtype, torch.float32) if residual_in_fp32 else dtype)
+        assert_close(h, ref_h, h.dtype, what="h")
+    assert_close(mu, ref_mu, dtype, what="mu")
+    names = [n for n, t in zip(("dx", "dresidual", "dlam", "dweight", "dbias"), inputs) if t is not None]
+    for name, got, want, t in zip(names, grads, ref_grads, [t for t in inputs if t is not None]):
+        assert got.dtype == t.dtype and got.shape == t.shape, name
+        assert_close(got, want, dtype, what=name)
+
+
+TRITON_CASES = [  # (shape, dtype, norm, λ, prenorm, residual_in_fp32, affine): odd d, rows not multiples of 4
+    ((2, 7, 60), torch.float32, "layernorm", -2.0, True, False, True),
+    ((3, 5, 100), torch.float32, "layernorm", 0.5, False, False, False),
+    ((14, 300), torch.float16, "layernorm", 1.0, True, True, True),
+    ((3, 5, 60), torch.float16, "layernorm", 3.0, False, False, True),
+    ((2, 7, 100), torch.float32, "layernorm", -1.0, True, True, True),
+    ((2, 7, 60), torch.float32, "rmsnorm", -1.0, True, True, True),
+    ((3, 5, 100), torch.float16, "rmsnorm", 3.0, False, False, False),
+    ((2, 3, 5, 16), torch.float32, "rmsnorm", 0.0, True, False, True),
+    ((3, 5, 300), torch.float32, "rmsnorm", 0.5, False, True, False),
+    ((2, 7, 60), torch.float32, "l2", 0.5, False, False, False),
+    ((3, 5, 100), torch.float16, "l2", -2.0, True, True, True),
+    ((2, 7, 300), torch.float32, "l2", 1.0, True, False, True),
+]
+
+
+@pytest.mark.parametrize("case", range(len(TRITON_CASES)))
+def test_triton_matches_reference(case):
+    check_triton_against_reference(*TRITON_CASES[case], seed=case)
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_triton_matches_reference_across_seeds_and_mixed_dtypes(seed):
+    check_triton_against_reference((2, 5, 60), torch.float16, "layernorm", 0.5, True, True, True, seed,
+                                   residual_dtype=torch.float32)
+
+
+def test_triton_lam_as_number_or_shape_1_and_outputs_without_mu():
+    x, res, _, w, b = make_inputs((2, 5, 60), seed=6)
+    assert_close(lambda_norm(x, res, -2.0, w, b, backend="triton"), reference_lambda_norm(x, res, -2.0, w, b))
+    lam = torch.tensor([0.5], requires_grad=True)
+    out = lambda_norm(x, res, lam, w, None, norm="rmsnorm", backend="triton")
+    (dlam,) = torch.autograd.grad(out.square().sum(), lam)
+    lam64 = lam.detach().double().requires_grad_(True)
+    ref = reference_lambda_norm(x.double(), res.double(), lam64, w.double(), norm="rmsnorm")
+    (ref_dlam,) = torch.autograd.grad(ref.square().sum(), lam64)
+    assert dlam.shape == (1,)
+    assert_close(dlam, ref_dlam, torch.float32, what="dlam")
+
+
+def test_triton_non_contiguous_and_empty_inputs():
+    x, res, _, w, b = make_inputs((2, 5, 48), seed=16)
+    x_strided, res_t = x[..., ::2], res.transpose(0, 1).contiguous().transpose(0, 1)[..., :24]
+    got = lambda_norm(x_strided, res_t, 0.5, w[:24], b[:24], backend="triton")
+    assert_close(got, reference_lambda_norm(x_strided, res_t, 0.5, w[:24], b[:24]), what="strided")
+    empty = torch.empty(0, 5, 48)
+    out, mu = lambda_norm(empty, empty, 0.5, w, b, return_mu=True, backend="triton")
+    assert out.shape == (0, 5, 48) and mu.shape == (0,)
+
+
+def test_triton_gradient_of_h_alone_and_of_out_alone():
+    x, res, _, w, b = make_inputs((2, 5, 24), seed=7)
+    x.requires_grad_(True)
+    out, h = lambda_norm(x, res, 0.5, w, b, prenorm=True, backend="triton")
+    (dx_h,) = torch.autograd.grad(h.sum(), x)
+    assert torch.equal(dx_h, torch.ones_like(x))
+    out, h = lambda_norm(x, res, 0.5, w, b, prenorm=True, backend="triton")
+    (dx_out,) = torch.autograd.grad(out.square().sum(), x)
+    x64 = x.detach().double().requires_grad_(True)
+    (ref,) = torch.autograd.grad(reference_lambda_norm(x64, res.double(), 0.5, w.double(), b.double()).square().sum(),
+                                 x64)
+    assert_close(dx_out, ref, torch.float32, what="dx")
+
+
+def test_mu_is_not_differentiable():
+    x, res, _, w, b = make_inputs((2, 5, 24), seed=8)
+    x.requires_grad_(True)
+    out, mu = lambda_norm(x, res, 0.5, w, b, return_mu=True, backend="triton")
+    assert out.requires_grad and not mu.requires_grad
+
+
+def test_triton_mu_keeps_accuracy_when_tokens_nearly_collapse():
+    """Tokens equal up to 1e-3: μ/‖out‖_F ~ 1e-3, where Σ‖y_i‖² − N‖ȳ‖² in fp32 loses most digits."""
+    g = torch.Generator().manual_seed(9)
+    base = torch.randn(1, 1, 60, generator=g)
+    x = base + 1e-3 * torch.randn(3, 13, 60, generator=g)
+    res = base + 1e-3 * torch.randn(3, 13, 60, generator=g)
+    out, mu = lambda_norm(x, res, 1.0, return_mu=True, backend="triton")
+    exact = torch.stack([torch.linalg.matrix_norm(y - y.mean(0)) for y in out.double()])
+    assert_close(mu, exact, torch.float32, what="mu near collapse")
+    naive = (out.square().sum((1, 2)) - 13 * out.mean(1).square().sum(1)).clamp_min(0).sqrt()
+    assert (naive.double() - exact).abs().max() / exact.abs().max() > 10 * 1e-4  # the test can tell
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm", "l2"])
+def test_looped_kernels_match_reference(norm):
+    """Rows longer than the block limit: force a 16-column block so d = 60 takes four chunks."""
+    from lambdaskip.kernels.lambda_norm import lambda_norm_backward, lambda_norm_forward
+    x, res, _, w, b = make_inputs((3, 5, 60), seed=10, bias=norm == "layernorm")
+    lam = torch.tensor(-1.5)
+    x2, res2 = x.reshape(15, 60), res.reshape(15, 60)
+    out, h, mean, rstd, mu = lambda_norm_forward(x2, res2, lam, w, b, 1e-5, norm, True, torch.float32, 5,
+                                                 max_block_d=16, rows_per_program=2)
+    doubles = [t.double().requires_grad_(True) if t is not None else None for t in (x, res, lam, w, b)]
+    ref_out, ref_h, ref_mu = reference_lambda_norm(*doubles, 1e-5, norm=norm, prenorm=True, return_mu=True)
+    assert_close(out, ref_out.reshape(15, 60), what="out")
+    assert_close(h, ref_h.reshape(15, 60), what="h")
+    assert_close(mu, ref_mu, what="mu")
+    g = torch.Generator().manual_seed(1)
+    dout, dh = torch.randn(15, 60, generator=g), torch.randn(15, 60, generator=g)
+    grads = lambda_norm_backward(dout, dh, x2, res2, lam, w, b, mean, rstd, norm, max_block_d=16,
+                                 rows_per_program=4)
+    wanted = [t for t in doubles if t is not None]
+    ref_grads = torch.autograd.grad((ref_out.reshape(15, 60) * dout).sum() + (ref_h.reshape(15, 60) * dh).sum(),
+                                    wanted)
+    for name, got, want in zip(("dx", "dresidual", "dlam", "dweight", "dbias"), grads, ref_grads):
+        assert_close(got, want.reshape(got.shape), torch.float32, what=name)
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm", "l2"])
+def test_triton_gradcheck_float64(norm):
+    x, res, _, w, b = make_inputs((2, 3, 12), torch.float64, seed=11, bias=norm == "layernorm")
+    lam = torch.tensor(-0.8, dtype=torch.float64)
+    inputs = [t.requires_grad_(True) for t in (x, res, lam, w, b) if t is not None]
+
+    def f(*t):
+        bias = t[4] if len(t) == 5 else None
+        return lambda_norm(t[0], t[1], t[2], t[3], bias, norm=norm, prenorm=True, backend="triton")
+
+    torch.autograd.gradcheck(f, inputs, fast_mode=True)
+
+
+def test_triton_backward_is_deterministic():
+    x, res, _, w, b = make_inputs((2, 7, 60), seed=12)
+    lam = torch.tensor(0.7, requires_grad=True)
+    inputs = [x.requires_grad_(True), res.requires_grad_(True), lam, w.requires_grad_(True), b.requires_grad_(True)]
+    runs = [torch.autograd.grad(lambda_norm(*inputs, backend="triton").square().sum(), inputs) for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_opcheck_custom_ops():
+    from lambdaskip.ops.lambda_norm import lambda_norm_bwd, lambda_norm_fwd
+    x, res, _, w, b = make_inputs((4, 12), seed=13)
+    lam = torch.tensor(0.5)
+    for t in (x, res, lam, w, b):
+        t.requires_grad_(True)
+    torch.library.opcheck(lambda_norm_fwd, (x, res, lam, w, b, 1e-5, "layernorm", True, False, 2))
+    quick = ("test_schema", "test_autograd_registration", "test_faketensor")  # compile is covered above
+    torch.library.opcheck(lambda_norm_fwd, (x, res, lam, None, None, 1e-5, "l2", False, True, 0), test_utils=quick)
+    out, h, mean, rstd, mu = lambda_norm_fwd(x, res, lam, w, b, 1e-5, "layernorm", True, False, 2)
+    args = (torch.randn(4, 12), torch.randn(4, 12), x.detach(), res.detach(), lam.detach(), w.detach(),
+            b.detach(), mean, rstd, "layernorm")
+    torch.library.opcheck(lambda_norm_bwd, args, test_utils=quick)
+
+
+def small_block(x, res, lam, w, backend):
+    out, h, mu = lambda_norm(torch.tanh(x), res, lam, w, None, norm="rmsnorm", prenorm=True, return_mu=True,
+                             backend=backend)
+    return (2 * out).square().sum() + h.square().sum(), mu
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_torch_compile_fullgraph(compiler):
+    x, res, _, w, _ = make_inputs((2, 5, 24), seed=14)
+    inputs = [x.requires_grad_(True), res.requires_grad_(True), torch.tensor(0.6, requires_grad=True),
+              w.requires_grad_(True)]
+    compiled = torch.compile(small_block, fullgraph=True, backend=compiler)
+    loss, mu = compiled(*inputs, "triton")
+    grads = torch.autograd.grad(loss, inputs)
+    ref_loss, ref_mu = small_block(*inputs, "reference")
+    ref_grads = torch.autograd.grad(ref_loss, inputs)
+    assert_close(loss, ref_loss, what="loss")
+    assert_close(mu, ref_mu, what="mu")
+    for got, want in zip(grads, ref_grads):
+        assert_close(got, want, what="grad")
+
+
+def test_auto_backend_on_cpu_is_the_reference():
+    x, res, lam, w, b = make_inputs((2, 5, 24), seed=15)
+    assert torch.equal(lambda_norm(x, res, lam, w, b), reference_lambda_norm(x, res, lam, w, b))
+
+
+# ---------------------------------------------------------------- GPU, realistic sizes
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d", [1024, 4096, 12288])
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_gpu_bf16_realistic_sizes(d, norm):
+    torch.manual_seed(d)
+    shape = (4, 1024, d)
+    x = torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    res = torch.randn(shape, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = (1 + 0.1 * torch.randn(d, device="cuda")).to(torch.bfloat16).requires_grad_(True)
+    b = (0.1 * torch.randn(d, device="cuda")).to(torch.bfloat16).requires_grad_(True) if norm == "layernorm" else None
+    lam = torch.tensor(-1.5, device="cuda", requires_grad=True)
+    inputs = [t for t in (x, res, lam, w, b) if t is not None]
+    out, h, mu = lambda_norm(x, res, lam, w, b, norm=norm, prenorm=True, residual_in_fp32=True, return_mu=True)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad((out * dout).sum(), inputs)
+    doubles = [t.detach().double().requires_grad_(True) for t in inputs]
+    ref_out, ref_h, ref_mu = reference_lambda_norm(doubles[0], doubles[1], doubles[2], doubles[3],
+                                                   doubles[4] if b is not None else None, norm=norm,
+                                                   prenorm=True, return_mu=True)
+    ref_grads = torch.autograd.grad((ref_out * dout.double()).sum(), doubles)
+    assert h.dtype == torch.float32
+    assert_close(out, ref_out, what="out")
+    assert_close(h, ref_h, torch.float32, what="h")
+    assert_close(mu, ref_mu, torch.float32, what="mu")
+    for name, got, want in zip(("dx", "dresidual", "dlam", "dweight", "dbias"), grads, ref_grads):
+        assert_close(got, want, torch.bfloat16, what=name)
+    again = torch.autograd.grad((lambda_norm(x, res, lam, w, b, norm=norm) * dout).sum(), inputs)
+    assert all(torch.equal(a, b) for a, b in zip(grads, again)), "backward must be bitwise deterministic"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", range(len(TRITON_CASES)))
+def test_gpu_small_cases_match_reference(case):
+    check_triton_against_reference(*TRITON_CASES[case], seed=case, device="cuda")

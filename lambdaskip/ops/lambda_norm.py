@@ -50,10 +50,13 @@ def _(x, residual, lam, weight, bias, eps, norm, prenorm, residual_in_fp32, grou
 def lambda_norm_bwd(dout: Tensor, dh: Optional[Tensor], x: Tensor, residual: Tensor, lam: Tensor,
                     weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor, rstd: Tensor,
                     norm: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Triton backward; returns (dx, dresidual, dlam, dweight or (0,), dbias or (0,)), deterministic."""
+    """Triton backward; returns (dx, dresidual, dlam, dweight or (0,), dbias or (0,)).
+
+    Bitwise deterministic: row reductions go through per-program partial sums, no atomics."""
     from lambdaskip.kernels.lambda_norm import lambda_norm_backward
-    return lambda_norm_backward(dout.contiguous(), None if dh is None else dh.contiguous(), x, residual, lam,
-                                weight, bias, mean, rstd, norm)
+    return lambda_norm_backward(dout.contiguous(), None if dh is None else dh.contiguous(), x.contiguous(),
+                                residual.contiguous(), lam, None if weight is None else weight.contiguous(), bias,
+                                mean, rstd, norm)
 
 
 @lambda_norm_bwd.register_fake
