@@ -160,3 +160,19 @@ def test_lambda_skip_rejects_mismatched_inputs():
         skip(torch.randn(2, 3, 16), torch.randn(2, 4, 16))
     with pytest.raises(ValueError, match="norm must be one of"):
         LambdaSkip(16, norm="batchnorm")
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm", "l2", None])
+def test_lambda_skip_mu_telemetry_matches_the_metric(norm):
+    from lambdaskip.metrics import mu
+    skip = LambdaSkip(16, lam=0.5, norm=norm)
+    skip.track_mu = True
+    out = skip(tokens(seed=1), tokens(seed=2))
+    torch.testing.assert_close(skip.last_mu, mu(out.detach()), rtol=1e-5, atol=1e-5)
+    assert not skip.last_mu.requires_grad
+
+
+def test_l2_norm_rows_have_unit_length():
+    skip = LambdaSkip(16, lam=2.0, norm="l2")
+    out = skip(tokens(seed=1), tokens(seed=2))
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(2, 11), rtol=1e-6, atol=1e-6)

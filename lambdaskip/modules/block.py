@@ -32,7 +32,7 @@ class LambdaSkipBlock(nn.Module):
     """
 
     def __init__(self, mixer: nn.Module, d_model: int, lam: float = 1.0, learnable: bool = False,
-                 norm: str | None = "layernorm", mlp: bool | nn.Module | None = None, eps: float = 1e-5):
+                 norm: str | None = "layernorm", mlp: bool | nn.Module | None = None, eps: float | None = None):
         super().__init__()
         self.mixer = mixer
         self.skip = LambdaSkip(d_model, lam, learnable, norm, eps)
@@ -70,7 +70,7 @@ class LambdaSkipStack(nn.Module):
 
 
 def build_stack(arch: str, depth: int, d_model: int, lam: float | Sequence[float] = 1.0, learnable: bool = False,
-                norm: str | None = "layernorm", mlp: bool = False, eps: float = 1e-5, seed: int | None = None,
+                norm: str | None = "layernorm", mlp: bool = False, eps: float | None = None, seed: int | None = None,
                 **mixer_kwargs) -> LambdaSkipStack:
     """A deep stack of λ-skip blocks around one mixer kind.
 

@@ -5,8 +5,10 @@ import torch
 from torch import nn
 
 from lambdaskip import ops
+from lambdaskip.metrics import mu
 
 NORMS = ("layernorm", "rmsnorm", "l2", None)
+DEFAULT_EPS = {"layernorm": 1e-5, "rmsnorm": 1e-5, "l2": 1e-12, None: 0.0}
 
 
 def check_norm(norm) -> None:
@@ -23,18 +25,25 @@ class LambdaSkip(nn.Module):
         learnable: λ is a trainable scalar parameter; otherwise a buffer (saved in the state dict).
         norm: ``"layernorm"`` (affine), ``"rmsnorm"`` (weight), ``"l2"`` (the theory's row
             normalisation z/‖z‖, no parameters) or ``None`` (no norm).
-        eps: the norm's epsilon.
+        eps: the norm's epsilon; default 1e-5, and 1e-12 for ``"l2"`` (added to ‖z‖², so that the
+            normalisation is the theory's z/‖z‖ up to rounding).
 
-    Shapes: ``forward(mixer_out, residual)`` with both (..., d_model) returns (..., d_model).
+    Shapes: ``forward(mixer_out, residual)`` with both (..., seqlen, d_model) returns the same shape.
+
+    Telemetry: with ``track_mu = True`` each forward also stores ``last_mu``, μ of the output per batch
+    element (shape = the leading dims), detached; on the Triton path it comes from the same kernel pass.
     """
 
     def __init__(self, d_model: int, lam: float = 1.0, learnable: bool = False, norm: str | None = "layernorm",
-                 eps: float = 1e-5):
+                 eps: float | None = None):
         super().__init__()
         if not isinstance(d_model, int) or d_model <= 0:
             raise ValueError(f"d_model must be a positive int, got {d_model!r}")
         check_norm(norm)
-        self.d_model, self.norm, self.eps, self.learnable = d_model, norm, eps, learnable
+        self.d_model, self.norm, self.learnable = d_model, norm, learnable
+        self.eps = DEFAULT_EPS[norm] if eps is None else eps
+        self.track_mu = False
+        self.last_mu: torch.Tensor | None = None
         lam_tensor = torch.tensor(float(lam))
         if learnable:
             self.lam = nn.Parameter(lam_tensor)
@@ -50,7 +59,14 @@ class LambdaSkip(nn.Module):
             raise ValueError(f"residual must have the shape of mixer_out {tuple(mixer_out.shape)}, "
                              f"got {tuple(residual.shape)}")
         if self.norm is None:
-            return mixer_out + self.lam.to(mixer_out.dtype) * residual
+            out = mixer_out + self.lam.to(mixer_out.dtype) * residual
+            if self.track_mu:
+                self.last_mu = mu(out.detach())
+            return out
+        if self.track_mu:
+            out, self.last_mu = ops.lambda_norm(mixer_out, residual, self.lam, self.weight, self.bias, self.eps,
+                                                norm=self.norm, return_mu=True)
+            return out
         return ops.lambda_norm(mixer_out, residual, self.lam, self.weight, self.bias, self.eps, norm=self.norm)
 
     def extra_repr(self) -> str:

@@ -13,7 +13,6 @@ on the input's device; a forced backend that cannot run raises instead of silent
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import os
 
@@ -43,10 +42,12 @@ def prefer_backend(backend: str):
         _preferred.pop()
 
 
-@functools.lru_cache(maxsize=None)
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_importable() -> bool:
-    """True when the ``triton`` package is installed (checked without importing it)."""
-    return importlib.util.find_spec("triton") is not None
+    """True when the ``triton`` package is installed (checked once, without importing it)."""
+    return _TRITON_INSTALLED
 
 
 def triton_interpreter_enabled() -> bool:
