@@ -54,6 +54,7 @@ setup(
         "lambdaskip.experiments",
         "lambdaskip.hf",
         "lambdaskip.kernels",
+        "lambdaskip.csrc",
     ],
     **extension_build_args(),
 )

@@ -11,8 +11,16 @@ from lambdaskip.modules import (AttentionMixer, IdentityMixer, LambdaSkip, Lambd
 
 __version__ = "0.1.0"
 
+
+def extension_status() -> str:
+    """How the S4D C++/CUDA extension was (or was not) loaded; importing it compiles nothing."""
+    from lambdaskip._extension import extension_status as status
+
+    return status()
+
+
 __all__ = [
     "AttentionMixer", "CollapseProbe", "IdentityMixer", "LTIMixer", "LambdaSkip", "LambdaSkipBlock",
-    "Mamba2Mixer", "S4DMixer", "build_stack", "effective_rank", "metrics", "mu", "normalized_mu", "ops",
+    "Mamba2Mixer", "S4DMixer", "build_stack", "effective_rank", "extension_status", "metrics", "mu", "normalized_mu", "ops",
     "reference", "restore", "retrofit",
 ]
