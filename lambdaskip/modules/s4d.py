@@ -53,9 +53,8 @@ class S4DMixer(nn.Module):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         if u.dim() != 3 or u.shape[-1] != self.d_model:
             raise ValueError(f"input must have shape (batch, seqlen, {self.d_model}), got {tuple(u.shape)}")
-        K = self.kernel(u.shape[1]).to(u.dtype)
-        D = None if self.D is None else self.D.to(u.dtype)
-        y = ops.s4d_conv(u.transpose(1, 2).contiguous(), K, D).transpose(1, 2)
+        # K stays in (at least) float32: s4d_conv computes in the wider dtype and returns u's dtype
+        y = ops.s4d_conv(u.transpose(1, 2).contiguous(), self.kernel(u.shape[1]), self.D).transpose(1, 2)
         if self.activation is not None:
             y = self.activation(y)
         return self.out_proj(y)
