@@ -13,6 +13,8 @@ import os
 import pytest
 import torch
 
+from lambdaskip.testing import skip_gpu_tests_without_cuda
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -43,12 +45,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip_gpu)
+    skip_gpu_tests_without_cuda(items)
 
 
 @pytest.fixture(scope="session")

@@ -57,3 +57,16 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     err = relative_error(actual, expected)
     tol = tolerance(dtype, actual.device)
     assert err <= tol, f"{what}: relative error {err:.3e} > tolerance {tol:.1e} for {dtype} on {actual.device.type}"
+
+
+def skip_gpu_tests_without_cuda(items) -> None:
+    """Mark every collected item carrying the ``gpu`` mark as skipped when CUDA is unavailable
+    (shared by the test and benchmark suites' ``pytest_collection_modifyitems``)."""
+    if torch.cuda.is_available():
+        return
+    import pytest
+
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)

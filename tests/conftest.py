@@ -11,6 +11,8 @@ import os
 import pytest
 import torch
 
+from lambdaskip.testing import skip_gpu_tests_without_cuda
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -33,9 +35,4 @@ def nan_filled_empty(monkeypatch):
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip_gpu)
+    skip_gpu_tests_without_cuda(items)
