@@ -99,6 +99,46 @@ class Mamba2Mixer(nn.Module):
             y = y * F.silu(gate)
         return self.out_proj(y)
 
+    def ssd_inputs(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The scan's inputs for ``u`` (batch, seqlen, d_model), as :meth:`forward` computes them.
+
+        Returns a dict: x (batch, seqlen, nheads, headdim); dt (batch, seqlen, nheads), the effective step
+        softplus(dt + dt_bias); A (nheads,); B, C (batch, seqlen, ngroups, d_state); z (batch, seqlen, d_inner).
+        """
+        if u.dim() != 3 or u.shape[-1] != self.d_model:
+            raise ValueError(f"input must have shape (batch, seqlen, {self.d_model}), got {tuple(u.shape)}")
+        b, l, _ = u.shape
+        z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :l].transpose(1, 2))
+        x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        return {"x": x.reshape(b, l, self.nheads, self.headdim), "dt": F.softplus(dt + self.dt_bias),
+                "A": -torch.exp(self.A_log.float()), "B": B.reshape(b, l, self.ngroups, self.d_state),
+                "C": C.reshape(b, l, self.ngroups, self.d_state), "z": z}
+
+    def mixing_matrix(self, u: torch.Tensor, include_D: bool = True) -> torch.Tensor:
+        """The SSD mixing matrices for ``u``, in float64: (batch, nheads, seqlen, seqlen).
+
+        ``M[b, h, i, j] = (C_i · B_j) · exp(Σ_{t=j+1..i} dt_t A_h) · dt_j`` for i ≥ j, 0 above the diagonal,
+        so that the scan output of head h, channel p, is ``M[b, h] @ x[b, :, h, p]``; with ``include_D``
+        (only for D of shape (nheads,)) D_h is added on the diagonal. This is the paper's selective-SSM M:
+        it mixes the inner sequence x, i.e. after in_proj, conv and silu, before the gate, norm and out_proj.
+        """
+        if include_D and self.D.dim() != 1:
+            raise ValueError("include_D needs D of shape (nheads,); this mixer has D_has_hdim=True")
+        s = self.ssd_inputs(u)
+        dt, A = s["dt"].double(), s["A"].double()
+        heads_per_group = self.nheads // self.ngroups
+        B = s["B"].double().repeat_interleave(heads_per_group, dim=2)           # (b, l, h, n)
+        C = s["C"].double().repeat_interleave(heads_per_group, dim=2)
+        log_decay = torch.cumsum(dt * A, dim=1).transpose(1, 2)                  # (b, h, l)
+        exponent = log_decay[..., :, None] - log_decay[..., None, :]              # Σ_{t=j+1..i} dt_t A
+        lower = torch.ones(u.shape[1], u.shape[1], dtype=torch.bool, device=u.device).tril()
+        decay = torch.exp(exponent.masked_fill(~lower, float("-inf")))
+        M = torch.einsum("bihn,bjhn->bhij", C, B) * decay * dt.transpose(1, 2)[..., None, :]
+        if include_D:
+            M = M + torch.diag_embed(self.D.double()[:, None].expand(-1, u.shape[1]))
+        return M
+
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_state={self.d_state}, nheads={self.nheads}, headdim={self.headdim}, "
                 f"ngroups={self.ngroups}, chunk_size={self.chunk_size}, gating={self.gating}")

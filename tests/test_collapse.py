@@ -1,0 +1,164 @@
+"""The collapse study: its invariants on small settings, its outputs, its inputs, its errors."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lambdaskip.cli import main
+from lambdaskip.experiments import collapse, plots
+from lambdaskip.experiments import text as text_inputs
+
+SMALL = ["--depth", "3", "--d-model", "16", "--seqlen", "12", "--excerpts", "2", "--no-progress"]
+
+
+def _final_over_first(results, label, lam):
+    row = next(r for r in results["summary"] if r["variant"] == label and r["lam"] == lam)
+    return row["normalized_mu_mean"][-1] / row["normalized_mu_mean"][0]
+
+
+def test_without_skip_attention_and_mamba2_collapse_and_large_lambda_prevents_it():
+    config = collapse.StudyConfig(archs=["attention", "mamba2"], depth=32, d_model=32, seqlen=48, excerpts=3,
+                                  lams=[0.0, 10.0])
+    results = collapse.run_study(config, progress=False)
+    for label in ("attention, norm layernorm", "mamba2, gating off, norm layernorm"):
+        assert _final_over_first(results, label, 0.0) < 0.3, label
+        assert _final_over_first(results, label, 10.0) > 0.9, label
+    assert {row["variant"] for row in results["theorem"]} == {"attention, norm layernorm",
+                                                              "mamba2, gating off, norm layernorm"}
+
+
+def test_cli_writes_every_output_and_a_rerun_reproduces_the_numbers(tmp_path, capsys):
+    argv = ["collapse", "--archs", "attention", "s4d", "mamba2", "--lams", "-1", "0", "2", *SMALL]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    printed = capsys.readouterr().out
+    assert "Theorem 4.1" in printed and "certified" in printed and "mamba2, gating off" in printed
+    files = sorted(os.listdir(tmp_path / "a"))
+    assert files == sorted(collapse.RESULT_FILES if plots.available() else ["results.csv", "results.json"])
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert results["config"]["lams"] == [-1.0, 0.0, 2.0] and results["versions"]["torch"]
+    assert results["input"]["kind"] == "text" and results["input"]["sequences"] == 2
+    with open(tmp_path / "a" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * 3 * 1 * 2 * 4  # variants × λ × seeds × sequences × (depth + 1)
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    again = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert again["runs"] == results["runs"] and again["theorem"] == results["theorem"]
+    if plots.available():
+        png = (tmp_path / "a" / "mu_per_layer.png").read_bytes()
+        assert png.startswith(b"\x89PNG")
+
+
+def test_a_finished_run_is_not_overwritten_silently(tmp_path, capsys):
+    argv = ["collapse", "--archs", "attention", "--lams", "1", *SMALL, "--out", str(tmp_path)]
+    assert main(argv) == 0
+    before = (tmp_path / "results.json").read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and (tmp_path / "results.json").read_bytes() == before
+    assert main([*argv, "--overwrite", "--seeds", "1"]) == 0
+    assert json.loads((tmp_path / "results.json").read_text())["config"]["seeds"] == [1]
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]
+
+
+def test_without_matplotlib_the_pngs_are_skipped_with_a_notice(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(plots, "available", lambda: False)
+    assert main(["collapse", "--archs", "s4d", "--lams", "0", *SMALL, "--out", str(tmp_path)]) == 0
+    assert "matplotlib is not installed" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ["results.csv", "results.json"]
+
+
+def test_gaussian_input_user_text_and_norm_variants(tmp_path):
+    text = tmp_path / "mine.txt"
+    text.write_text(" ".join(f"word{i % 7}, and more." for i in range(40)))
+    assert main(["collapse", "--archs", "attention", "--lams", "0", "--text", str(text), "--norm", "l2", "none",
+                 *SMALL, "--out", str(tmp_path / "t")]) == 0
+    results = json.loads((tmp_path / "t" / "results.json").read_text())
+    assert results["input"]["source"] == str(text)
+    assert [r["variant"] for r in results["summary"]] == ["attention, norm l2", "attention, norm off"]
+    assert main(["collapse", "--archs", "mamba2", "--gating", "on", "off", "--lams", "1", "--input", "gaussian",
+                 *SMALL, "--out", str(tmp_path / "g")]) == 0
+    results = json.loads((tmp_path / "g" / "results.json").read_text())
+    assert results["input"]["kind"] == "gaussian"
+    assert [r["variant"] for r in results["summary"]] == ["mamba2, gating on, norm layernorm",
+                                                         "mamba2, gating off, norm layernorm"]
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ("lambda-sweep", {"archs": ["attention", "mamba2"], "depth": 64, "gating": [False]}),
+    ("gating", {"archs": ["mamba2"], "gating": [True, False], "norms": ["rmsnorm", None], "lams": [0.0, 1.0]}),
+])
+def test_presets_fill_unset_options_only(preset, expected):
+    parser = collapse.argparse.ArgumentParser()
+    collapse.add_arguments(parser)
+    config = collapse.config_from_args(parser.parse_args(["--preset", preset, "--d-model", "16"]))
+    for name, value in expected.items():
+        assert getattr(config, name) == value
+    assert config.d_model == 16 and config.preset == preset
+    assert len(collapse.variants(config)) == (4 if preset == "gating" else 2)
+    config = collapse.config_from_args(parser.parse_args(["--preset", preset, "--depth", "5"]))
+    assert config.depth == 5
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--archs", "rnn"], "unknown architecture 'rnn'"),
+    (["--lams"], "λ list is empty"),
+    (["--depth", "0"], "depth must be a positive integer"),
+    (["--depth", "-3"], "depth must be a positive integer"),
+    (["--text", "/nonexistent/dir/file.txt"], "cannot read text file"),
+    (["--seqlen", "500"], "shorter than the requested 500 tokens"),
+    (["--rate-a", "1"], "rate-a must lie in (0, 1)"),
+    (["--norm", "batchnorm"], "norm must be among"),
+])
+def test_bad_input_gives_one_line_error_and_nonzero_exit(tmp_path, capsys, args, message):
+    argv = ["collapse", "--archs", "attention", "--lams", "1", *SMALL, "--out", str(tmp_path / "o"), *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreadable_and_too_short_user_text(tmp_path, capsys):
+    short = tmp_path / "short.txt"
+    short.write_text("Only a few words here.\n\nAnd a second passage.")
+    assert main(["collapse", "--text", str(short), *SMALL, "--out", str(tmp_path / "o")]) == 2
+    assert "longest passage" in capsys.readouterr().err
+    assert main(["collapse", "--text", str(tmp_path), *SMALL, "--out", str(tmp_path / "o")]) == 2
+    assert "cannot read text file" in capsys.readouterr().err
+
+
+def test_errors_from_the_console_have_no_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lambdaskip", "collapse", "--archs", "mlp", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("lambdaskip collapse: error: unknown architecture 'mlp'; choose from "
+                                   "attention, mamba2, s4d")
+
+
+def test_hf_tokenizer_is_offline_and_optional():
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        with pytest.raises(text_inputs.TextInputError, match="transformers"):
+            text_inputs.hf_tokenizer("bert-base-uncased")
+    else:
+        with pytest.raises(text_inputs.TextInputError, match="not available locally"):
+            text_inputs.hf_tokenizer("surely/not-a-cached-tokenizer-name")
+
+
+def test_tokenizer_and_bundled_sample():
+    assert text_inputs.tokenize("Call me Ishmael. 'Tis") == ["call", "me", "ishmael", ".", "'", "tis"]
+    ids = text_inputs.hash_encode("It was the best of times, it was the worst of times")
+    assert ids[0] == ids[7] and ids[1] == ids[8] and all(0 <= i < text_inputs.HASH_VOCAB_SIZE for i in ids)
+    passages = text_inputs.passages(text_inputs.bundled_text())
+    assert len(passages) >= 32
+    assert all(len(text_inputs.tokenize(p)) >= 128 for p in passages)
+    windows = text_inputs.token_windows(text_inputs.bundled_text(), text_inputs.hash_encode, 128, 32)
+    assert tuple(windows.shape) == (32, 128)
+    firsts = [text_inputs.hash_encode(p)[:128] for p in passages[:32]]
+    assert windows.tolist() == firsts  # one window per excerpt, in order
+    long = text_inputs.token_windows("a b c d e f g h i j", text_inputs.hash_encode, 3, 10)
+    assert tuple(long.shape) == (3, 3)
