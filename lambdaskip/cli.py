@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lambdaskip.experiments import collapse as collapse_study
+from lambdaskip.experiments.commands import add_training_subcommands
+
 
 def _demo(args: argparse.Namespace) -> int:
     import torch
@@ -36,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lams", type=float, nargs="+", default=[0.0, 1.0, 10.0])
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
+    collapse = commands.add_parser(
+        "collapse", help="rank-collapse depth study: μ per layer for a λ sweep, plots, Theorem 4.1 verdict",
+        description="Run random-init attention / Mamba-2 / S4D λ-skip stacks on text (bundled sample by "
+                    "default) and record μ per layer for each λ; writes CSV, JSON and PNGs to --out.")
+    collapse_study.add_arguments(collapse)
+    collapse.set_defaults(run=collapse_study.main)
+    add_training_subcommands(commands)
     return parser
 
 

@@ -1,0 +1,149 @@
+"""The ``lambdaskip train`` and ``lambdaskip sweep`` subcommands (argument parsing only; the work is in
+:mod:`lambdaskip.experiments.trainer` and :mod:`lambdaskip.experiments.sweep`, imported when a command runs)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+# TrainConfig fields settable from the command line: (flag, type, help). Defaults come from TrainConfig
+# (or TrainConfig.paper_mqar with --paper-size); a flag left out keeps the default.
+_FIELDS = [
+    ("--depth", int, "blocks in the stack (default 2)"),
+    ("--d-model", int, "token width (default 64)"),
+    ("--n-heads", int, "attention heads (default 2)"),
+    ("--d-state", int, "SSM state size for mamba2 and s4d (default 16)"),
+    ("--headdim", int, "Mamba-2 head dimension (default 16)"),
+    ("--norm", str, "post-norm of every λ-skip: layernorm, rmsnorm or l2 (default layernorm)"),
+    ("--epochs", int, "epochs (default 10)"),
+    ("--batch-size", int, "global batch over all ranks (default 64)"),
+    ("--lr", float, "peak learning rate (default 1e-3)"),
+    ("--weight-decay", float, "AdamW weight decay on matrices (default 0.1)"),
+    ("--warmup-frac", float, "fraction of steps with linear warmup, then cosine decay (default 0.1)"),
+    ("--clip-grad", float, "gradient-norm clipping, 0 disables (default 1.0)"),
+    ("--target-acc", float, "stop once the evaluation accuracy reaches this fraction"),
+    ("--seed", int, "seed of data, initialisation and data order (default 0)"),
+    ("--eval-batch-size", int, "evaluation batch (default 256)"),
+    ("--probe-batch", int, "evaluation sequences used for μ per layer (default 8)"),
+    ("--device", str, "auto, cpu or cuda (default auto)"),
+    ("--threads", int, "CPU threads per process, 0 = PyTorch's default; 1 is fastest for small models"),
+]
+_MQAR_FIELDS = [
+    ("--vocab-size", int, "vocabulary; keys from the lower half, values from the upper (default 128)"),
+    ("--seq-len", int, "sequence length (default 64)"),
+    ("--num-pairs", int, "key-value pairs per sequence (default 8)"),
+    ("--power-a", float, "power-law exponent of the query gaps (default 0.01)"),
+    ("--filler", str, "filler tokens: zero or random (default zero)"),
+    ("--num-train", int, "training sequences (default 20000)"),
+    ("--num-test", int, "test sequences (default 1000)"),
+]
+_IMAGE_FIELDS = [
+    ("--image", str, "'digits' (scikit-learn's 8x8 digits, an offline substitute) or a folder of CIFAR-10 "
+                     "python batches for LRA-Image (default digits)"),
+    ("--image-side", int, "digits: 8 (64 tokens) or 32 (upsampled, 1024 tokens) (default 8)"),
+]
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def _add_model_and_task_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", choices=("mqar", "image"), help="mqar or image (sequence classification)")
+    parser.add_argument("--arch", choices=("attention", "mamba2", "s4d"), default="attention")
+    for flag, kind, text in _FIELDS + _MQAR_FIELDS + _IMAGE_FIELDS:
+        parser.add_argument(flag, type=kind, default=None, help=text)
+    parser.add_argument("--paper-size", action="store_true",
+                        help="MQAR as in the paper: L=512, 64 pairs, vocab 8192, d=128, state 64, 100k/3k, 64 epochs")
+    parser.add_argument("--no-mlp", action="store_true", help="blocks without the MLP sub-layer")
+    parser.add_argument("--no-positions", action="store_true", help="no learned position embeddings")
+    parser.add_argument("--no-amp", action="store_true", help="no bfloat16 autocast on GPU")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+
+def config_from_args(args: argparse.Namespace, **overrides):
+    """A validated TrainConfig from parsed arguments; ``overrides`` win over the arguments."""
+    from lambdaskip.experiments.trainer import TrainConfig
+    if args.paper_size and args.task != "mqar":
+        raise ValueError("--paper-size applies to the mqar task only")
+    values = {_dest(flag): getattr(args, _dest(flag)) for flag, _, _ in _FIELDS + _MQAR_FIELDS + _IMAGE_FIELDS}
+    values = {k: v for k, v in values.items() if v is not None}
+    values.update(task=args.task, arch=args.arch, mlp=not args.no_mlp, positions=not args.no_positions,
+                  amp=not args.no_amp, progress=not args.quiet)
+    values.update(overrides)
+    config = TrainConfig.paper_mqar(**values) if args.paper_size else TrainConfig(**values)
+    config.validate()
+    return config
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _fail(command: str, error: Exception) -> int:
+    print(f"lambdaskip {command}: error: {error}", file=sys.stderr)
+    return 2
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from lambdaskip.experiments.trainer import train
+    try:
+        config = config_from_args(args, out=args.out, lam=args.lam, learnable=args.learnable)
+        summary = train(config, resume=not args.no_resume)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        return _fail("train", error)
+    finally:
+        _leave_process_group()
+    final = summary["final"]
+    if final is not None and summary["rank"] == 0:
+        state = "finished" if summary["finished"] else "stopped"
+        print(f"{state} after {summary['epochs_done']} epochs: eval accuracy {final['eval_acc']:.4f} "
+              f"(best {summary['best_eval_acc']:.4f}); files in {args.out}")
+    return 0
+
+
+def add_train_subcommand(commands) -> None:
+    """Register ``lambdaskip train`` on an argparse sub-parser collection."""
+    parser = commands.add_parser("train", help="train one model on MQAR or image-sequence classification",
+                                 description="Train one λ-skip model; under torchrun it runs with DDP.")
+    _add_model_and_task_arguments(parser)
+    parser.add_argument("--lam", type=float, default=1.0, help="initial λ of every skip (default 1)")
+    parser.add_argument("--learnable", action="store_true", help="λ is a trainable parameter per skip")
+    parser.add_argument("--out", required=True, help="run folder (checkpoint, metrics, summary)")
+    parser.add_argument("--no-resume", action="store_true", help="fail instead of resuming an existing run")
+    parser.set_defaults(run=_run_train)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from lambdaskip.experiments.sweep import run_sweep
+    try:
+        run_sweep(args)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        return _fail("sweep", error)
+    finally:
+        _leave_process_group()
+    return 0
+
+
+def add_sweep_subcommand(commands) -> None:
+    """Register ``lambdaskip sweep``: every (arch, λ setting, lr, seed) run, then one table and plots."""
+    parser = commands.add_parser("sweep", help="train over λ, learning rate, arch and seed; write a table and plots",
+                                 description="Runs (or resumes) one training run per combination into OUT/runs/, "
+                                             "then writes OUT/results.csv, OUT/results.md and PNG plots.")
+    _add_model_and_task_arguments(parser)
+    parser.add_argument("--archs", nargs="+", choices=("attention", "mamba2", "s4d"), default=None,
+                        help="architectures (default: --arch)")
+    parser.add_argument("--lams", type=float, nargs="*", default=[-2.0, -1.0, 0.0, 1.0, 2.0], help="fixed λ values")
+    parser.add_argument("--learnable-inits", type=float, nargs="*", default=[-1.0, 1.0],
+                        help="initial values of learnable λ")
+    parser.add_argument("--lrs", type=float, nargs="+", default=None, help="learning rates (default: --lr)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds")
+    parser.add_argument("--out", required=True, help="sweep folder")
+    parser.set_defaults(run=_run_sweep)
+
+
+def add_training_subcommands(commands) -> None:
+    """Register ``train`` and ``sweep``."""
+    add_train_subcommand(commands)
+    add_sweep_subcommand(commands)

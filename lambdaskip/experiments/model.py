@@ -1,0 +1,70 @@
+"""Sequence models for the training studies: token embedding → λ-skip stack → head."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lambdaskip.modules import build_stack
+
+HEADS = ("token", "pooled")
+
+
+class SequenceModel(nn.Module):
+    """``embedding (+ learned positions) → build_stack(arch, depth, d_model, lam, learnable, …) → head``.
+
+    Args:
+        vocab_size: number of input tokens.
+        num_outputs: classes predicted by the head.
+        arch, depth, d_model, lam, learnable, norm, mlp: passed to :func:`lambdaskip.modules.build_stack`
+            (one block = mixer + λ-skip post-norm, with ``mlp`` an MLP + its own λ-skip post-norm).
+        head: ``"token"`` (a prediction per position, for MQAR) or ``"pooled"`` (mean over positions,
+            one prediction per sequence, for classification).
+        max_len: > 0 adds learned position embeddings for sequences up to this length; 0 adds none.
+        seed: parameters are drawn from this seed without touching the global RNG.
+        mixer_kwargs: passed to the mixer (e.g. ``n_heads``, ``causal``, ``d_state``, ``headdim``).
+
+    Shapes: ``forward(tokens)`` with tokens (batch, seqlen) int64 returns logits (batch, seqlen,
+    num_outputs) for the token head, (batch, num_outputs) for the pooled head.
+    """
+
+    def __init__(self, vocab_size: int, num_outputs: int, arch: str, depth: int, d_model: int,
+                 lam: float = 1.0, learnable: bool = False, norm: str | None = "layernorm", mlp: bool = True,
+                 head: str = "token", max_len: int = 0, seed: int = 0, **mixer_kwargs):
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        for name, value in (("vocab_size", vocab_size), ("num_outputs", num_outputs)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(max_len, int) or max_len < 0:
+            raise ValueError(f"max_len must be a non-negative int, got {max_len!r}")
+        self.head_kind, self.max_len = head, max_len
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.embedding = nn.Embedding(vocab_size, d_model)
+            self.positions = nn.Parameter(0.02 * torch.randn(max_len, d_model)) if max_len else None
+            self.head = nn.Linear(d_model, num_outputs)
+        self.stack = build_stack(arch, depth, d_model, lam=lam, learnable=learnable, norm=norm, mlp=mlp,
+                                 seed=seed + 1, **mixer_kwargs)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.dim() != 2 or tokens.dtype != torch.int64:
+            raise ValueError(f"tokens must be (batch, seqlen) int64, got {tuple(tokens.shape)} {tokens.dtype}")
+        y = self.embedding(tokens)
+        if self.positions is not None:
+            if tokens.shape[1] > self.max_len:
+                raise ValueError(f"seqlen={tokens.shape[1]} exceeds max_len={self.max_len}")
+            y = y + self.positions[: tokens.shape[1]]
+        y = self.stack(y)
+        if self.head_kind == "pooled":
+            y = y.mean(dim=1)
+        return self.head(y)
+
+    def lams(self) -> dict[str, float]:
+        """Every λ by name: ``"lam{k}"`` for block k's mixer skip, ``"lam{k}_mlp"`` for its MLP skip."""
+        out = {}
+        for k, block in enumerate(self.stack.blocks):
+            out[f"lam{k}"] = block.skip.lam.item()
+            if block.mlp_skip is not None:
+                out[f"lam{k}_mlp"] = block.mlp_skip.lam.item()
+        return out

@@ -1,0 +1,178 @@
+"""The trainer: learning a tiny MQAR, exact resume, DDP (2 gloo processes) against one process, the CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lambdaskip.cli import main
+from lambdaskip.experiments.model import SequenceModel
+from lambdaskip.experiments.trainer import (CHECKPOINT, METRICS_CSV, METRICS_JSON, SUMMARY, TrainConfig,
+                                            WarmupCosine, build_model, build_optimizer, epoch_order, load_checkpoint,
+                                            load_data, train)
+
+TINY = dict(task="mqar", vocab_size=16, seq_len=16, num_pairs=2, num_train=1024, num_test=256, d_model=32,
+            depth=2, batch_size=32, lr=3e-3, epochs=5, threads=1, progress=False)
+
+
+def _config(tmp_path, name="run", **overrides):
+    return TrainConfig(out=str(tmp_path / name), **{**TINY, **overrides})
+
+
+def test_tiny_attention_learns_tiny_mqar(tmp_path):
+    summary = train(_config(tmp_path, target_acc=0.95, epochs=8))
+    assert summary["finished"] and summary["best_eval_acc"] >= 0.95
+    out = tmp_path / "run"
+    assert {CHECKPOINT, METRICS_CSV, METRICS_JSON, SUMMARY} <= set(os.listdir(out))
+    history = json.loads((out / METRICS_JSON).read_text())["history"]
+    assert len(history) == summary["epochs_done"] <= 8
+    # μ of the stack's input and of each of the 2 blocks, and every λ, logged each epoch
+    assert {"mu0", "mu1", "mu2", "lam0", "lam1", "lam0_mlp"} <= set(history[-1])
+    assert len((out / METRICS_CSV).read_text().splitlines()) == len(history) + 1
+
+
+def test_learnable_lambda_moves_and_is_not_decayed(tmp_path):
+    summary = train(_config(tmp_path, lam=-1.0, learnable=True, epochs=2))
+    lams = [v for k, v in summary["final"].items() if k.startswith("lam")]
+    assert len(lams) == 4 and all(v != -1.0 for v in lams)
+    fixed = train(_config(tmp_path, "fixed", lam=2.0, epochs=1))
+    assert all(v == 2.0 for k, v in fixed["final"].items() if k.startswith("lam"))
+    config = _config(tmp_path, lam=-1.0, learnable=True)
+    model = build_model(config, load_data(config)[1])
+    decayed = {id(p) for group in build_optimizer(model, config).param_groups if group["weight_decay"] > 0
+               for p in group["params"]}
+    lams = [block.skip.lam for block in model.stack.blocks]
+    assert decayed and not any(id(lam) in decayed for lam in lams)
+
+
+def test_resume_gives_the_same_weights(tmp_path):
+    full = _config(tmp_path, "full", epochs=3, num_train=512)
+    train(full)
+    parts = _config(tmp_path, "parts", epochs=3, num_train=512)
+    first = train(parts, stop_after=1)
+    assert not first["finished"] and first["epochs_done"] == 1 and not (tmp_path / "parts" / SUMMARY).exists()
+    second = train(parts, stop_after=1)
+    assert second["epochs_done"] == 2
+    train(parts)
+    a = load_checkpoint(tmp_path / "full" / CHECKPOINT)
+    b = load_checkpoint(tmp_path / "parts" / CHECKPOINT)
+    assert a["epoch"] == b["epoch"] == 3 and a["finished"] and b["finished"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert [r["eval_loss"] for r in a["history"]] == [r["eval_loss"] for r in b["history"]]
+    # a finished run resumes to itself, and is never restarted silently
+    assert train(parts)["epochs_done"] == 3
+    with pytest.raises(ValueError, match="exists"):
+        train(parts, resume=False)
+    with pytest.raises(ValueError, match="lr"):
+        train(_config(tmp_path, "parts", epochs=3, num_train=512, lr=1e-2))
+
+
+def test_checkpoint_is_weights_only_loadable(tmp_path):
+    train(_config(tmp_path, epochs=1, num_train=256))
+    state = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
+    assert {"model", "optimizer", "scheduler", "rng", "config", "history", "epoch"} <= set(state)
+    assert not any(name.endswith(".tmp") for name in os.listdir(tmp_path / "run"))
+
+
+def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+    """torchrun with 2 CPU ranks, each half of the global batch of 32, against one process with all 32."""
+    args = ["--vocab-size", "16", "--seq-len", "16", "--num-pairs", "2", "--num-train", "256", "--num-test", "64",
+            "--d-model", "32", "--batch-size", "32", "--lr", "3e-3", "--epochs", "2", "--threads", "1", "--quiet",
+            "--learnable", "--lam", "-1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "lambdaskip", "train", "mqar", "--out", str(tmp_path / "ddp"), *args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / SUMMARY).read_text())
+    assert summary["world_size"] == 2
+    rank0, rank1 = summary["lams_by_rank"]
+    assert rank0 == rank1 and rank0 != [-1.0] * 4  # λ moved, identically on both ranks
+    assert main(["train", "mqar", "--out", str(tmp_path / "single"), *args]) == 0
+    ddp = load_checkpoint(tmp_path / "ddp" / CHECKPOINT)["model"]
+    single = load_checkpoint(tmp_path / "single" / CHECKPOINT)["model"]
+    for name, tensor in single.items():
+        torch.testing.assert_close(ddp[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_image_digits_run(tmp_path):
+    pytest.importorskip("sklearn")
+    summary = train(_config(tmp_path, task="image", arch="s4d", d_model=16, d_state=8, epochs=1, batch_size=64,
+                            lr=1e-2))
+    assert summary["data_source"].startswith("scikit-learn 8x8 digits")
+    assert {"eval_acc", "test_acc", "mu2"} <= set(summary["final"]) and summary["final"]["eval_acc"] > 0.2
+
+
+@pytest.mark.parametrize("arch, head, shape", [("attention", "token", (3, 12, 10)), ("mamba2", "token", (3, 12, 10)),
+                                               ("s4d", "pooled", (3, 10))])
+def test_model_shapes(arch, head, shape):
+    kwargs = dict(d_state=8, headdim=8) if arch == "mamba2" else {}
+    model = SequenceModel(20, 10, arch, 2, 16, lam=-1.0, learnable=True, head=head, max_len=12, **kwargs)
+    assert model(torch.randint(0, 20, (3, 12))).shape == shape
+    assert model.lams() == {"lam0": -1.0, "lam0_mlp": -1.0, "lam1": -1.0, "lam1_mlp": -1.0}
+    with pytest.raises(ValueError, match="max_len"):
+        model(torch.randint(0, 20, (3, 13)))
+    with pytest.raises(ValueError, match="head"):
+        SequenceModel(20, 10, arch, 2, 16, head="last")
+
+
+def test_schedule_and_data_order():
+    schedule = WarmupCosine(warmup=10, total=110)
+    assert schedule(0) == pytest.approx(0.1) and schedule(9) == pytest.approx(1.0)
+    assert schedule(60) == pytest.approx(0.5) and schedule(110) == pytest.approx(0.0, abs=1e-12)
+    assert torch.equal(epoch_order(100, 0, 3), epoch_order(100, 0, 3))
+    assert not torch.equal(epoch_order(100, 0, 3), epoch_order(100, 0, 4))
+    assert sorted(epoch_order(100, 1, 0).tolist()) == list(range(100))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "mqar", "--out", "{out}", "--num-pairs", "40"], "seq_len"),
+    (["train", "mqar", "--out", "{out}", "--epochs", "0"], "epochs"),
+    (["train", "mqar", "--out", "{out}", "--lr", "-1"], "lr"),
+    (["train", "mqar", "--out", "{out}", "--filler", "noise"], "filler"),
+    (["train", "image", "--out", "{out}", "--paper-size"], "paper-size"),
+    (["train", "image", "--out", "{out}", "--image", "{out}/nowhere"], "image"),
+    (["train", "mqar", "--out", "{out}", "--arch", "mamba2", "--headdim", "7"], "headdim"),
+    (["train", "mqar", "--out", "{out}", "--batch-size", "5000"], "batch_size"),
+])
+def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
+    argv = [a.replace("{out}", str(tmp_path / "cli")) for a in argv]
+    extra = [] if "--num-train" in argv else ["--num-train", "64", "--num-test", "8", "--quiet"]
+    assert main(argv + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lambdaskip train: error:") and message in err and "\n" not in err
+
+
+def test_paper_preset():
+    paper = TrainConfig.paper_mqar(out="x")
+    assert (paper.seq_len, paper.num_pairs, paper.d_model, paper.depth, paper.d_state, paper.batch_size,
+            paper.epochs, paper.weight_decay, paper.warmup_frac) == (512, 64, 128, 2, 64, 64, 64, 0.1, 0.1)
+    paper.validate()
+
+
+def test_sweep_writes_table_and_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    argv = ["sweep", "mqar", "--vocab-size", "16", "--seq-len", "16", "--num-pairs", "2", "--num-train", "64",
+            "--num-test", "16", "--d-model", "16", "--epochs", "1", "--batch-size", "32", "--threads", "1", "--quiet",
+            "--lams", "0", "1", "--learnable-inits", "1", "--seeds", "0", "--out", str(tmp_path / "sweep")]
+    assert main(argv) == 0
+    out = tmp_path / "sweep"
+    assert {"results.csv", "results.md", "accuracy_vs_lambda.png", "mu_over_training.png", "sweep.json"} <= set(
+        os.listdir(out))
+    assert len((out / "results.csv").read_text().splitlines()) == 4
+    table = (out / "results.md").read_text()
+    assert "learnable from +1" in table and "| attention | +0 |" in table
+    assert main(argv) == 0  # a finished sweep resumes every run without training again
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["attention", "mamba2", "s4d"])
+def test_tiny_mqar_on_gpu_with_bf16_autocast(tmp_path, arch):
+    summary = train(_config(tmp_path, arch=arch, device="cuda", amp=True, epochs=3, lam=-1.0, learnable=True))
+    assert summary["device"].startswith("cuda") and summary["finished"]
+    assert all(torch.isfinite(torch.tensor(summary["final"][k])) for k in ("train_loss", "eval_loss", "mu2"))
+    if arch == "attention":
+        assert summary["best_eval_acc"] > 0.5
