@@ -80,18 +80,22 @@ class Mamba2Mixer(nn.Module):
         self.norm = GatedRMSNorm(d_inner, d_inner // ngroups, eps=norm_eps) if inner_norm else None
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def _project(self, u: torch.Tensor):
+        """in_proj and the short causal conv: z (b, l, d_inner), x (b, l, h, p), raw dt (b, l, h),
+        B and C (b, l, g, n)."""
         if u.dim() != 3 or u.shape[-1] != self.d_model:
             raise ValueError(f"input must have shape (batch, seqlen, {self.d_model}), got {tuple(u.shape)}")
         b, l, _ = u.shape
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
         xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :l].transpose(1, 2))
         x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
-        y = ops.ssd_scan(
-            x.reshape(b, l, self.nheads, self.headdim), dt, -torch.exp(self.A_log.float()),
-            B.reshape(b, l, self.ngroups, self.d_state), C.reshape(b, l, self.ngroups, self.d_state),
-            chunk_size=self.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
-        ).reshape(b, l, self.d_inner)
+        return (z, x.reshape(b, l, self.nheads, self.headdim), dt, B.reshape(b, l, self.ngroups, self.d_state),
+                C.reshape(b, l, self.ngroups, self.d_state))
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        z, x, dt, B, C = self._project(u)
+        y = ops.ssd_scan(x, dt, -torch.exp(self.A_log.float()), B, C, chunk_size=self.chunk_size, D=self.D,
+                         dt_bias=self.dt_bias, dt_softplus=True).flatten(-2)
         gate = z if self.gating else None
         if self.norm is not None:
             y = self.norm(y, gate)
@@ -105,15 +109,9 @@ class Mamba2Mixer(nn.Module):
         Returns a dict: x (batch, seqlen, nheads, headdim); dt (batch, seqlen, nheads), the effective step
         softplus(dt + dt_bias); A (nheads,); B, C (batch, seqlen, ngroups, d_state); z (batch, seqlen, d_inner).
         """
-        if u.dim() != 3 or u.shape[-1] != self.d_model:
-            raise ValueError(f"input must have shape (batch, seqlen, {self.d_model}), got {tuple(u.shape)}")
-        b, l, _ = u.shape
-        z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
-        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :l].transpose(1, 2))
-        x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
-        return {"x": x.reshape(b, l, self.nheads, self.headdim), "dt": F.softplus(dt + self.dt_bias),
-                "A": -torch.exp(self.A_log.float()), "B": B.reshape(b, l, self.ngroups, self.d_state),
-                "C": C.reshape(b, l, self.ngroups, self.d_state), "z": z}
+        z, x, dt, B, C = self._project(u)
+        return {"x": x, "dt": F.softplus(dt + self.dt_bias), "A": -torch.exp(self.A_log.float()), "B": B, "C": C,
+                "z": z}
 
     def mixing_matrix(self, u: torch.Tensor, include_D: bool = True) -> torch.Tensor:
         """The SSD mixing matrices for ``u``, in float64: (batch, nheads, seqlen, seqlen).
