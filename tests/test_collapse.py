@@ -162,3 +162,31 @@ def test_tokenizer_and_bundled_sample():
     assert windows.tolist() == firsts  # one window per excerpt, in order
     long = text_inputs.token_windows("a b c d e f g h i j", text_inputs.hash_encode, 3, 10)
     assert tuple(long.shape) == (3, 3)
+
+
+def test_hf_model_study_on_a_local_mamba2_with_gating_on_and_off(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from lambdaskip.hf.collapse import tiny_mamba2
+    model_dir = tmp_path / "mamba2"
+    tiny_mamba2(depth=4, d_model=32).save_pretrained(model_dir)
+    out = tmp_path / "out"
+    status = main(["collapse", "--hf-model", str(model_dir), "--lams", "0", "10", "--seqlen", "16",
+                   "--excerpts", "2", "--out", str(out), "--no-progress"])
+    assert status == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["model_type"] == "mamba2" and results["input"] == "random tokens"
+    combos = {(r["gating"], r["lam"]) for r in results["rows"]}
+    assert combos == {(True, 0.0), (True, 10.0), (False, 0.0), (False, 10.0)}
+    layers = {r["layer"] for r in results["rows"]}
+    assert layers == set(range(5))  # embeddings + 4 layers
+    with open(out / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(results["rows"])
+    assert "gating=off λ=10" in capsys.readouterr().out
+
+
+def test_hf_model_that_is_not_available_locally_is_a_one_line_error(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    status = main(["collapse", "--hf-model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert "not available locally" in err and "\n" not in err

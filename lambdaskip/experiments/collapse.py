@@ -402,6 +402,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", choices=INPUTS, help="text (default) or gaussian tokens")
     parser.add_argument("--text", metavar="FILE", help="your own UTF-8 text (passages split at blank lines)")
     parser.add_argument("--hf-tokenizer", metavar="NAME", help="a locally cached Hugging Face tokenizer")
+    parser.add_argument("--hf-model", metavar="PATH_OR_NAME",
+                        help="study a local transformers model (Mamba-2, GPT-2, BERT, ALBERT) retrofitted with "
+                             "λ-skips instead of random stacks; never downloads")
     parser.add_argument("--rate-a", type=float, help="Theorem 4.1's rate a in (0, 1) (default 0.99)")
     parser.add_argument("--metric", choices=METRICS, help="metric of the per-layer plot (default normalized_mu)")
     parser.add_argument("--device", help="cpu (default) or cuda")
@@ -421,8 +424,61 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
     return StudyConfig(preset=args.preset, **values)
 
 
+def run_hf_study(config: StudyConfig, model_path: str, out: str, overwrite: bool) -> dict:
+    """The depth study on a local ``transformers`` model: retrofit post-norm λ-skips for each λ (and, for
+    Mamba-2, gating on and off), record μ per layer, restore. Writes results.csv and results.json."""
+    from lambdaskip.hf.collapse import hf_collapse_inputs, hf_collapse_study
+
+    check_out_dir(out, overwrite)
+    texts = text_inputs.passages(text_inputs.read_text(config.text) if config.text else text_inputs.bundled_text())
+    try:
+        model, ids, source = hf_collapse_inputs(model_path, texts, seqlen=config.seqlen, batch=config.excerpts,
+                                                seed=config.seeds[0], device=config.device)
+    except (FileNotFoundError, ImportError) as err:
+        raise StudyError(str(err).split(" Details:")[0]) from err
+    gatings = (True, False) if model.config.model_type == "mamba2" else (True,)
+    rows = hf_collapse_study(model, ids, lams=config.lams, gatings=gatings, placement="post",
+                             metrics=("mu", "normalized_mu"))
+    results = {"config": {**asdict(config), "hf_model": model_path, "placement": "post"},
+               "model_type": model.config.model_type, "input": source, "versions": versions(), "rows": rows}
+    prepare_out_dir(out, overwrite)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["gating", "lam", "layer", "metric", "batch", "value"],
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_write(os.path.join(out, "results.csv"), buffer.getvalue().encode("utf-8"))
+    _atomic_write(os.path.join(out, "results.json"), json.dumps(results, indent=1).encode("utf-8"))
+    return results
+
+
+def format_hf_table(results: dict) -> str:
+    """Mean normalised μ at the first, middle and last layer per (gating, λ)."""
+    values: dict[tuple, dict[int, list[float]]] = {}
+    for row in results["rows"]:
+        if row["metric"] == "normalized_mu":
+            values.setdefault((row["gating"], row["lam"]), {}).setdefault(row["layer"], []).append(row["value"])
+    lines = [f"{results['model_type']} ({results['input']}), normalised μ at layers 0 / K/2 / K:"]
+    for (gating, lam), layers in sorted(values.items()):
+        last = max(layers)
+        cells = " / ".join(f"{sum(layers[k]) / len(layers[k]):.3f}" for k in (0, last // 2, last))
+        lines.append(f"  gating={'on' if gating else 'off'} λ={lam:g}: {cells}")
+    return "\n".join(lines)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the study from parsed arguments; returns the exit status (2 with a one-line error)."""
+    if args.hf_model:
+        try:
+            config = config_from_args(args)
+            config.validate()
+            results = run_hf_study(config, args.hf_model, args.out, args.overwrite)
+        except (StudyError, text_inputs.TextInputError) as err:
+            print(f"lambdaskip collapse: error: {err}", file=sys.stderr)
+            return 2
+        print(format_hf_table(results))
+        print(f"wrote {args.out}/results.csv, {args.out}/results.json")
+        return 0
     try:
         config = config_from_args(args)
         config.validate()
