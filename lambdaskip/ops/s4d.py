@@ -105,10 +105,13 @@ def s4d_conv(u: torch.Tensor, K: torch.Tensor, D: torch.Tensor | None = None, *,
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     device = check_same_device(u=u, K=K, D=D)
-    chosen = choose_backend("s4d_conv", backend, device, SUPPORTED_BACKENDS, _extension_can_run)
     u, K = u.contiguous(), K.contiguous()
     D = None if D is None else D.contiguous()
-    if method == "fft" or (method == "auto" and L > DIRECT_MAX_LENGTH):
+    use_fft = method == "fft" or (method == "auto" and L > DIRECT_MAX_LENGTH)
+    if use_fft and backend in ("auto", "reference"):  # the FFT path never needs (or builds) the extension
+        return reference.s4d_conv_fft(u, K, D)
+    chosen = choose_backend("s4d_conv", backend, device, SUPPORTED_BACKENDS, _extension_can_run)
+    if use_fft:
         return reference.s4d_conv_fft(u, K, D)
     if chosen == "reference":
         return reference.s4d_conv_direct(u, K, D)
