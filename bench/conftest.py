@@ -38,6 +38,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     except ImportError:
         triton_version = None
     machine_info["torch"] = torch.__version__
+    machine_info["torch_threads"] = torch.get_num_threads()
     machine_info["triton"] = triton_version
     machine_info["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     if _measured_limits:

@@ -3,9 +3,10 @@
     pytest bench/ --benchmark-json=bench.json
     python bench/report.py bench.json            # writes bench/results/<device>/README.md and *.png
 
-Benchmarks are grouped by test function and parameters other than ``impl``; within a group every
-implementation's median time is compared with the reference (``impl="reference"``) and with the best
-published baseline present (``mamba_ssm``, ``liger``, ``fla``, ``naive``...). Throughput comes from the
+Benchmarks are grouped by test function and parameters other than the implementation (the ``impl`` or
+``name`` parameter); within a group every implementation's median time is compared with the reference
+(:data:`REFERENCES`), and each of ours (:data:`OURS`) with the fastest other implementation that ran
+natively (a reference, torch.compile or a published kernel; interpreted runs excluded). Throughput comes from the
 ``bytes`` and ``flops`` each benchmark states in ``extra_info``; on CUDA the fraction of the measured
 device limits (``machine_info["device_limits"]``) is shown too.
 """
@@ -19,18 +20,27 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-OURS = ("triton", "extension", "ours", "lambdaskip")
-REFERENCES = ("reference", "eager")
+IMPL_KEYS = ("impl", "name")
+OURS = ("triton", "extension", "direct-extension", "lambdaskip", "fast")
+REFERENCES = ("reference", "eager", "naive", "direct-reference")
 
 
 def _group_key(bench: dict) -> tuple[str, str]:
-    params = {k: v for k, v in (bench.get("params") or {}).items() if k != "impl"}
+    params = {k: v for k, v in (bench.get("params") or {}).items() if k not in IMPL_KEYS}
     name = bench["name"].split("[")[0]
     return name, ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
 
 
 def _impl(bench: dict) -> str:
-    return str((bench.get("params") or {}).get("impl") or bench.get("extra_info", {}).get("impl") or bench["name"])
+    params = bench.get("params") or {}
+    for key in IMPL_KEYS:
+        if params.get(key):
+            return str(params[key])
+    return str(bench.get("extra_info", {}).get("impl") or bench["name"])
+
+
+def _interpreted(bench: dict) -> bool:
+    return bool(bench.get("extra_info", {}).get("interpreted")) or "interpret" in _impl(bench)
 
 
 def _slug(text: str) -> str:
@@ -47,11 +57,13 @@ def summarize(data: dict) -> list[dict]:
     for (name, params), benches in sorted(groups.items()):
         medians = {_impl(b): b["stats"]["median"] for b in benches}
         reference = next((medians[r] for r in REFERENCES if r in medians), None)
+        others = [b["stats"]["median"] for b in benches if _impl(b) not in OURS and not _interpreted(b)]
         for bench in benches:
             impl, seconds = _impl(bench), bench["stats"]["median"]
             info = bench.get("extra_info", {})
             row = {"benchmark": name, "params": params, "impl": impl, "median_ms": seconds * 1e3,
-                   "speedup_vs_reference": reference / seconds if reference else None}
+                   "speedup_vs_reference": reference / seconds if reference else None,
+                   "speedup_vs_best_other": min(others) / seconds if impl in OURS and others else None}
             if info.get("bytes"):
                 row["GB/s"] = info["bytes"] / seconds / 1e9
                 if limits.get("copy_bytes_per_s"):
@@ -60,14 +72,15 @@ def summarize(data: dict) -> list[dict]:
                 row["TFLOP/s"] = info["flops"] / seconds / 1e12
                 if limits.get("bf16_flops_per_s"):
                     row["of bf16 matmul"] = info["flops"] / seconds / limits["bf16_flops_per_s"]
-            if info.get("interpreted"):
+            if _interpreted(bench) and "interpret" not in impl:
                 row["impl"] += " (interpreted)"
             rows.append(row)
     return rows
 
 
 def markdown(rows: list[dict], machine: dict, commit: dict) -> str:
-    columns = ["benchmark", "params", "impl", "median_ms", "speedup_vs_reference", "GB/s", "TFLOP/s",
+    columns = ["benchmark", "params", "impl", "median_ms", "speedup_vs_reference", "speedup_vs_best_other", "GB/s",
+               "TFLOP/s",
                "of copy bandwidth", "of bf16 matmul"]
     columns = [c for c in columns if any(c in r and r[c] is not None for r in rows)]
 
@@ -79,8 +92,10 @@ def markdown(rows: list[dict], machine: dict, commit: dict) -> str:
         return str(value)
 
     lines = [f"# Benchmarks on {machine.get('device', 'unknown device')}", "",
-             f"torch {machine.get('torch')}, triton {machine.get('triton')}, python {machine.get('python_version')}, "
-             f"commit {commit.get('id', '?')[:10]}, {commit.get('time', '')}", "",
+             f"torch {machine.get('torch')} ({machine.get('torch_threads', '?')} CPU threads), "
+             f"triton {machine.get('triton')}, python {machine.get('python_version')}, "
+             f"{machine.get('cpu', {}).get('brand_raw', '')}, commit {commit.get('id', '?')[:10]}, "
+             f"{commit.get('time', '')}", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ rows on a sphere, which a shift would undo).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 NORMS = ("layernorm", "rmsnorm", "l2")
 
@@ -32,21 +33,20 @@ def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
 
 def normalize_rows(h: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
                    norm: str) -> torch.Tensor:
-    """``Norm(h)`` over the last dim in ``h``'s dtype (see the module docstring)."""
+    """``Norm(h)`` over the last dim in ``h``'s dtype (see the module docstring). LayerNorm and RMSNorm are
+    PyTorch's own (``F.layer_norm``, ``F.rms_norm``): the specification is exactly "PyTorch's norm of the sum"."""
+    shape = h.shape[-1:]
+    weight = None if weight is None else weight.to(h.dtype)
     if norm == "layernorm":
-        centered = h - h.mean(dim=-1, keepdim=True)
-        out = centered * torch.rsqrt(centered.square().mean(dim=-1, keepdim=True) + eps)
-    elif norm == "rmsnorm":
-        out = h * torch.rsqrt(h.square().mean(dim=-1, keepdim=True) + eps)
-    elif norm == "l2":
-        out = h * torch.rsqrt(h.square().sum(dim=-1, keepdim=True) + eps)
-    else:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if weight is not None:
-        out = out * weight.to(h.dtype)
+        return F.layer_norm(h, shape, weight, None if bias is None else bias.to(h.dtype), eps)
     if bias is not None:
-        out = out + bias.to(h.dtype)
-    return out
+        raise ValueError(f"bias is only defined for norm='layernorm', got norm={norm!r}")
+    if norm == "rmsnorm":
+        return F.rms_norm(h, shape, weight, eps)
+    if norm == "l2":
+        out = h * torch.rsqrt(h.square().sum(dim=-1, keepdim=True) + eps)
+        return out if weight is None else out * weight
+    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
 def token_mu(y: torch.Tensor) -> torch.Tensor:
