@@ -103,7 +103,8 @@ def grayscale_tokens(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.clip(gray * 255.5, 0, 255).astype(np.int64).reshape(len(images), -1))
 
 
-def lra_image_datasets(root: str | Path, seed: int = 0, num_val: int = 5_000) -> dict[str, torch.utils.data.TensorDataset]:
+def lra_image_datasets(root: str | Path, seed: int = 0,
+                       num_val: int = 5_000) -> dict[str, torch.utils.data.TensorDataset]:
     """LRA-Image from local CIFAR-10 python batches.
 
     Args:

@@ -30,7 +30,7 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -312,7 +312,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _versions() -> dict:
+def versions() -> dict:
     import lambdaskip
     return {"lambdaskip": lambdaskip.__version__, "torch": torch.__version__, "python": platform.python_version(),
             "numpy": np.__version__}
@@ -414,7 +414,7 @@ def train(config: TrainConfig, *, resume: bool = True, stop_after: int | None = 
             broadcast_buffers=False)  # the only buffers are fixed λ values, identical from construction
 
     meta = {"config": asdict(config), "data_source": facts["source"], "world_size": placement.world,
-            "device": str(placement.device), "versions": _versions(),
+            "device": str(placement.device), "versions": versions(),
             "parameters": sum(p.numel() for p in model.parameters())}
     tokens, labels = data["train"].tensors
     per_rank = config.batch_size // placement.world
@@ -497,11 +497,3 @@ def _describe(row: dict) -> str:
     return (f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, eval loss {row['eval_loss']:.4f}, "
             f"eval acc {row['eval_acc']:.4f}, λ [{lams}], μ/‖Y‖ [{mus}], {row['seconds']:.1f}s")
 
-
-def config_from_dict(values: dict) -> TrainConfig:
-    """A TrainConfig from a dict (e.g. a checkpoint's ``config``), unknown keys rejected."""
-    names = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown configuration fields: {unknown}")
-    return TrainConfig(**values)

@@ -1,0 +1,160 @@
+"""A sweep over architecture × λ setting (fixed values, learnable initial values) × learning rate × seed.
+
+Each run goes to ``OUT/runs/<arch>_<fixed|learn>{λ}_lr{lr}_s{seed}`` and resumes when it exists, so an
+interrupted sweep continues where it stopped. At the end rank 0 writes
+
+- ``results.csv``: one row per run (final and best accuracy, final λ per layer, final normalised μ);
+- ``results.md``: per arch and λ setting, the learning rate with the best mean accuracy and the mean ± std
+  over seeds;
+- ``accuracy_vs_lambda.png`` (accuracy against λ per arch; learnable λ plotted at its initial value) and
+  ``mu_over_training.png`` (normalised μ after every layer, over the epochs, one panel per arch and setting);
+- ``sweep.json``: the command's arguments, the resolved base configuration, data source and versions.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import statistics
+from dataclasses import asdict
+from pathlib import Path
+
+from lambdaskip.experiments.commands import config_from_args
+from lambdaskip.experiments.trainer import atomic_write, train, versions
+
+
+def run_name(arch: str, lam: float, learnable: bool, lr: float, seed: int) -> str:
+    return f"{arch}_{'learn' if learnable else 'fixed'}{lam:+g}_lr{lr:g}_s{seed}"
+
+
+def run_sweep(args: argparse.Namespace) -> list[dict]:
+    """Run every combination named by ``args`` (see ``lambdaskip sweep --help``); returns the rows."""
+    archs = args.archs or [args.arch]
+    settings = [(lam, False) for lam in args.lams] + [(lam, True) for lam in args.learnable_inits]
+    if not settings:
+        raise ValueError("nothing to run: give --lams and/or --learnable-inits")
+    base = config_from_args(args, out=args.out)
+    lrs = args.lrs or [base.lr]
+    out = Path(args.out)
+    rows, histories, rank, source = [], {}, 0, ""
+    for arch in archs:
+        for lam, learnable in settings:
+            for lr in lrs:
+                for seed in args.seeds:
+                    name = run_name(arch, lam, learnable, lr, seed)
+                    config = config_from_args(args, arch=arch, lam=lam, learnable=learnable, lr=lr, seed=seed,
+                                              out=str(out / "runs" / name))
+                    summary = train(config)
+                    rank = summary["rank"]
+                    final = summary["final"]
+                    row = {"arch": arch, "lam": lam, "learnable": learnable, "lr": lr, "seed": seed,
+                           "eval_acc": final["eval_acc"], "best_eval_acc": summary["best_eval_acc"],
+                           "test_acc": final.get("test_acc", ""), "epochs": summary["epochs_done"],
+                           "seconds": sum(r["seconds"] for r in summary["history"])}
+                    row.update({k: v for k, v in final.items() if k.startswith(("lam", "mu"))})
+                    rows.append(row)
+                    histories[name] = summary["history"]
+                    source = summary["data_source"]
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_rows(out / "results.csv", rows)
+        atomic_write(out / "results.md", summary_table(rows, source).encode())
+        record = {"args": {k: v for k, v in vars(args).items() if k != "run"}, "base_config": asdict(base),
+                  "varied_per_run": ["arch", "lam", "learnable", "lr", "seed", "out"],
+                  "data_source": source, "versions": versions()}
+        atomic_write(out / "sweep.json", json.dumps(record, indent=1).encode())
+        plot_sweep(out, rows, histories)
+    return rows
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, text.getvalue().encode())
+
+
+def _mean_std(values: list[float]) -> str:
+    mean = 100 * statistics.fmean(values)
+    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
+
+
+def _best_lr_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """(arch, λ, learnable) -> the rows of the learning rate with the best mean final accuracy."""
+    groups: dict[tuple, dict[float, list[dict]]] = {}
+    for row in rows:
+        groups.setdefault((row["arch"], row["lam"], row["learnable"]), {}).setdefault(row["lr"], []).append(row)
+    return {key: max(by_lr.values(), key=lambda runs: statistics.fmean(r["eval_acc"] for r in runs))
+            for key, by_lr in groups.items()}
+
+
+def summary_table(rows: list[dict], source: str) -> str:
+    """A Markdown table: per arch and λ setting, accuracy (%) mean ± std over seeds at the best lr."""
+    has_test = any(row["test_acc"] != "" for row in rows)
+    header = ["arch", "λ", "lr", "seeds", "eval acc %", "best-epoch eval acc %"]
+    header += ["test acc %"] if has_test else []
+    header += ["final λ (mixer skips)", "final μ/‖Y‖ last layer"]
+    lines = [f"Data: {source}. Accuracy at the last epoch unless stated; mean ± std over seeds.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (arch, lam, learnable), runs in _best_lr_groups(rows).items():
+        last_mu = max(k for k in runs[0] if k.startswith("mu"))
+        lams = [statistics.fmean(v for k, v in r.items() if k.startswith("lam") and k[3:].isdigit()) for r in runs]
+        cells = [arch, f"learnable from {lam:+g}" if learnable else f"{lam:+g}", f"{runs[0]['lr']:g}", str(len(runs)),
+                 _mean_std([r["eval_acc"] for r in runs]), _mean_std([r["best_eval_acc"] for r in runs])]
+        cells += [_mean_std([r["test_acc"] for r in runs])] if has_test else []
+        cells += [f"{statistics.fmean(lams):+.2f}", f"{statistics.fmean(r[last_mu] for r in runs):.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(out: Path, rows: list[dict], histories: dict[str, list[dict]]) -> None:
+    """accuracy_vs_lambda.png and mu_over_training.png (needs matplotlib)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = _best_lr_groups(rows)
+    archs = list(dict.fromkeys(row["arch"] for row in rows))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for index, arch in enumerate(archs):
+        color = f"C{index}"
+        for learnable, style in ((False, "o-"), (True, "s--")):
+            keys = sorted(k for k in best if k[0] == arch and k[2] == learnable)
+            if not keys:
+                continue
+            means = [statistics.fmean(r["eval_acc"] for r in best[k]) * 100 for k in keys]
+            stds = [statistics.pstdev([r["eval_acc"] for r in best[k]]) * 100 for k in keys]
+            label = f"{arch}, {'learnable λ (x = initial value)' if learnable else 'fixed λ'}"
+            shift = 0.06 if learnable else 0.0  # keep learnable markers beside the fixed ones at the same λ
+            ax.errorbar([k[1] + shift for k in keys], means, yerr=stds, fmt=style, color=color, capsize=3, label=label)
+    ax.set_xlabel("λ")
+    ax.set_ylabel("eval accuracy at the last epoch (%)\n(MQAR: test set; images: validation)", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_lambda.png", dpi=120)
+    plt.close(fig)
+
+    keys = sorted(best, key=lambda k: (k[0], k[2], k[1]))
+    fig, axes = plt.subplots(len(archs), len({(k[1], k[2]) for k in keys}), squeeze=False,
+                             figsize=(2.6 * len({(k[1], k[2]) for k in keys}), 2.4 * len(archs)), sharey=True)
+    for key in keys:
+        row, col = archs.index(key[0]), [k for k in keys if k[0] == key[0]].index(key)
+        ax = axes[row][col]
+        first = best[key][0]
+        history = histories[run_name(key[0], key[1], key[2], first["lr"], first["seed"])]
+        layers = sorted((k for k in history[0] if k.startswith("mu")), key=lambda k: int(k[2:]))
+        epochs = [r["epoch"] for r in history]
+        for layer in layers:
+            ax.plot(epochs, [r[layer] for r in history], label=f"layer {layer[2:]}")
+        ax.set_title(f"{key[0]} {'learn ' if key[2] else ''}λ={key[1]:+g}", fontsize=8)
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("epoch", fontsize=8)
+    axes[0][0].set_ylabel("μ/‖Y‖_F")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "mu_over_training.png", dpi=110)
+    plt.close(fig)
