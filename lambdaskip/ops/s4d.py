@@ -18,11 +18,12 @@ from lambdaskip.reference import s4d as reference
 SUPPORTED_BACKENDS = ("reference", "extension")
 METHODS = ("auto", "direct", "fft")
 # method="auto": direct convolution up to this length, FFT above. Measured on the 2-core CPU machine
-# (torch 2.13, 1 thread, B=8, H=64, forward+backward; bench/bench_s4d.py::test_conv): extension direct
-# vs torch.fft = 0.50 vs 0.58 ms at L=32, 1.01 vs 0.95 ms at L=64, 2.49 vs 1.53 ms at L=128. Forward
-# alone the FFT already wins at L=32 (0.21 vs 0.17 ms): per-call overhead dominates at these sizes.
-# Not measured on CUDA yet; the same switch point is used there.
-DIRECT_MAX_LENGTH = 64
+# (torch 2.13, 1 thread, B=8, H=64, LAMBDASKIP_BENCH_FULL=1 pytest bench/bench_s4d.py -k conv; table in
+# bench/results/cpu-s4d-conv-full): forward+backward, extension direct vs torch.fft = 0.48 vs 0.54 ms at
+# L=32, 0.87 vs 0.77 ms at L=64, 2.1 vs 1.2 ms at L=128, 96 vs 13 ms at L=1024. Forward alone the FFT
+# already wins at L=32 (0.17 vs 0.14 ms): per-call overhead dominates at these sizes. Not measured on
+# CUDA yet; the same switch point is used there.
+DIRECT_MAX_LENGTH = 32
 PARAM_DTYPES = (torch.float32, torch.float64)
 COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
