@@ -5,6 +5,12 @@
 #
 #   bash bench/gpu_check.sh            # on the device machine, from the repository root
 #   then: python bench/report.py <OUT>/bench.json --out bench/results/<device>/   (here, to commit)
+#
+# Published baselines are not on the device machine and it has no network: put their wheels in .whl/
+# first (git-ignored via .git/info/exclude; never committed), e.g. here
+#   pip download --no-deps -d .whl liger-kernel fla-core
+#   MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE pip wheel --no-deps --no-build-isolation -w .whl mamba_ssm
+# and they are installed before the benchmarks; the benchmarks skip a missing one with the reason.
 set -uo pipefail
 OUT=${OUT:-/tmp/lambdaskip-gpu}
 mkdir -p "$OUT"
@@ -14,6 +20,9 @@ mkdir -p "$OUT"
     date -u
 } > "$OUT/device.txt" 2>&1
 python3 -m pip install --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1 || { tail "$OUT/install.log"; exit 1; }
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install --no-deps .whl/*.whl >> "$OUT/install.log" 2>&1 || echo "baseline wheels: install failed (see install.log)"
+fi
 python3 -c "import lambdaskip; print(lambdaskip.extension_status())" >> "$OUT/device.txt" 2>&1
 python3 -m pytest tests -m gpu -q -p no:cacheprovider --timeout=300 -rfE > "$OUT/gpu_tests.log" 2>&1
 echo "gpu tests: $(tail -1 "$OUT/gpu_tests.log")"
