@@ -31,6 +31,26 @@ def test_tiny_attention_learns_tiny_mqar(tmp_path):
     # μ of the stack's input and of each of the 2 blocks, and every λ, logged each epoch
     assert {"mu0", "mu1", "mu2", "lam0", "lam1", "lam0_mlp"} <= set(history[-1])
     assert len((out / METRICS_CSV).read_text().splitlines()) == len(history) + 1
+    # and μ of each block's output during the training steps, from the λ-skip telemetry
+    assert all(row["train_mu1"] > 0 and row["train_mu2"] > 0 for row in history)
+
+
+def test_training_mu_telemetry_is_mu_of_each_block_output_averaged_over_steps():
+    from lambdaskip.experiments.trainer import TrainingMu
+    from lambdaskip.metrics import CollapseProbe
+    model = SequenceModel(vocab_size=16, num_outputs=16, arch="attention", depth=2, d_model=16, head="token")
+    telemetry = TrainingMu(model, torch.device("cpu"))
+    expected = torch.zeros(2, dtype=torch.float64)
+    for seed in range(2):
+        tokens = torch.randint(0, 16, (3, 8), generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad(), CollapseProbe(model.stack.blocks, metrics=("mu",)) as probe:
+            model(tokens)
+        telemetry.record_step()
+        expected += probe.trajectory("mu")[1:].mean(dim=1)  # block outputs, mean over the sequences
+    row = telemetry.epoch_row()
+    assert row == pytest.approx({"train_mu1": expected[0].item() / 2, "train_mu2": expected[1].item() / 2},
+                                rel=1e-5)
+    assert telemetry.steps == 0 and not telemetry.sums.any()
 
 
 def test_learnable_lambda_moves_and_is_not_decayed(tmp_path):

@@ -297,6 +297,32 @@ def probe_mu(model: SequenceModel, dataset, config: TrainConfig, placement: Plac
     return probe.trajectory("normalized_mu").mean(dim=1).tolist()
 
 
+class TrainingMu:
+    """μ of every block's output during the training steps themselves, from the λ-skips' telemetry
+    (:attr:`lambdaskip.modules.LambdaSkip.track_mu`: on CUDA the fused λ-norm kernel computes μ in the same
+    pass as the norm, so logging costs almost nothing). Raw μ, averaged over the sequences of each step and
+    over the epoch's steps; under DDP each rank sees its own shard (the main rank's values are logged)."""
+
+    def __init__(self, model: SequenceModel, device: torch.device):
+        self.skips = [block.mlp_skip or block.skip for block in model.stack.blocks]
+        for skip in self.skips:
+            skip.track_mu = True
+        self.sums = torch.zeros(len(self.skips), dtype=torch.float64, device=device)
+        self.steps = 0
+
+    def record_step(self) -> None:
+        """Add the last forward's μ (kept on the device: no synchronisation per step)."""
+        self.sums += torch.stack([skip.last_mu.double().mean() for skip in self.skips])
+        self.steps += 1
+
+    def epoch_row(self) -> dict[str, float]:
+        """``{"train_mu1": ..., "train_mu<depth>": ...}`` for the epoch so far, then reset."""
+        means = (self.sums / max(self.steps, 1)).tolist()
+        self.sums.zero_()
+        self.steps = 0
+        return {f"train_mu{k}": v for k, v in enumerate(means, start=1)}
+
+
 def _autocast(config: TrainConfig, placement: Placement):
     if config.amp and placement.device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -418,6 +444,7 @@ def train(config: TrainConfig, *, resume: bool = True, stop_after: int | None = 
             "parameters": sum(p.numel() for p in model.parameters())}
     tokens, labels = data["train"].tensors
     per_rank = config.batch_size // placement.world
+    training_mu = TrainingMu(model, placement.device)
     epochs_run = 0
     while not finished and start_epoch + epochs_run < config.epochs:
         if stop_after is not None and epochs_run >= stop_after:
@@ -432,6 +459,7 @@ def train(config: TrainConfig, *, resume: bool = True, stop_after: int | None = 
             x, y = tokens[index].to(placement.device), labels[index].to(placement.device)
             with _autocast(config, placement):
                 logits = wrapped(x)
+            training_mu.record_step()
             loss, _, _ = _loss_and_hits(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -454,6 +482,7 @@ def train(config: TrainConfig, *, resume: bool = True, stop_after: int | None = 
         row["seconds"] = time.perf_counter() - began
         row.update(model.lams())
         row.update({f"mu{k}": v for k, v in enumerate(probe_mu(model, data["eval"], config, placement))})
+        row.update(training_mu.epoch_row())
         history.append(row)
         epochs_run += 1
         finished = (epoch + 1 == config.epochs) or (config.target_acc is not None and eval_acc >= config.target_acc)
