@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import tempfile
 from collections import defaultdict
 from pathlib import Path
+
+from lambdaskip.experiments.records import atomic_write
 
 IMPL_KEYS = ("impl", "name")
 OURS = ("triton", "extension", "direct-extension", "lambdaskip", "fast")
@@ -138,12 +138,6 @@ def plot(rows: list[dict], out_dir: Path) -> list[Path]:
     return written
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("json", type=Path, help="the file written by pytest --benchmark-json")
@@ -154,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out or Path(__file__).parent / "results" / _slug(machine.get("device", "unknown"))
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = summarize(data)
-    _write_atomically(out_dir / "README.md", markdown(rows, machine, data.get("commit_info", {})))
-    _write_atomically(out_dir / "benchmark.json", json.dumps(data, indent=1))
+    atomic_write(out_dir / "README.md", markdown(rows, machine, data.get("commit_info", {})).encode())
+    atomic_write(out_dir / "benchmark.json", json.dumps(data, indent=1).encode())
     plots = plot(rows, out_dir)
     print(f"wrote {out_dir / 'README.md'} ({len(rows)} rows) and {len(plots)} plots")
     return 0

@@ -20,9 +20,7 @@ import io
 import json
 import math
 import os
-import platform
 import sys
-import tempfile
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -30,6 +28,7 @@ import torch
 
 from lambdaskip import theory
 from lambdaskip.experiments import text as text_inputs
+from lambdaskip.experiments.records import atomic_write, versions
 from lambdaskip.metrics import mu, normalized_mu
 from lambdaskip.modules import NORMS, build_stack
 from lambdaskip.ops._backend import prefer_backend
@@ -230,19 +229,6 @@ def summarize(config: StudyConfig, runs: list[dict]) -> list[dict]:
     return rows
 
 
-def versions() -> dict:
-    """Versions of Python, the platform and the packages that produced the numbers."""
-    import lambdaskip
-    found = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
-             "numpy": np.__version__, "lambdaskip": lambdaskip.__version__}
-    try:
-        import matplotlib
-        found["matplotlib"] = matplotlib.__version__
-    except ImportError:
-        found["matplotlib"] = None
-    return found
-
-
 def run_study(config: StudyConfig, progress: bool = True) -> dict:
     """Run every (variant, λ, seed) and return the results (what results.json holds)."""
     from tqdm.auto import tqdm
@@ -273,23 +259,6 @@ def run_study(config: StudyConfig, progress: bool = True) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 RESULT_FILES = ("results.json", "results.csv", "mu_per_layer.png", "mu_final_vs_lambda.png")
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def check_out_dir(out: str, overwrite: bool) -> None:
@@ -331,16 +300,16 @@ def write_outputs(results: dict, out: str, overwrite: bool = False) -> list[str]
     prepare_out_dir(out, overwrite)
     written = []
     path = os.path.join(out, "results.csv")
-    _atomic_write(path, csv_bytes(results))
+    atomic_write(path, csv_bytes(results))
     written.append(path)
     if plots.available():
         for name, figure in (("mu_per_layer.png", plots.per_layer_png(results)),
                              ("mu_final_vs_lambda.png", plots.final_vs_lambda_png(results))):
             path = os.path.join(out, name)
-            _atomic_write(path, figure)
+            atomic_write(path, figure)
             written.append(path)
     path = os.path.join(out, "results.json")
-    _atomic_write(path, json.dumps(results, indent=1, allow_nan=True).encode("utf-8"))
+    atomic_write(path, json.dumps(results, indent=1, allow_nan=True).encode("utf-8"))
     written.append(path)
     return written
 
@@ -447,8 +416,8 @@ def run_hf_study(config: StudyConfig, model_path: str, out: str, overwrite: bool
                             lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(os.path.join(out, "results.csv"), buffer.getvalue().encode("utf-8"))
-    _atomic_write(os.path.join(out, "results.json"), json.dumps(results, indent=1).encode("utf-8"))
+    atomic_write(os.path.join(out, "results.csv"), buffer.getvalue().encode("utf-8"))
+    atomic_write(os.path.join(out, "results.json"), json.dumps(results, indent=1).encode("utf-8"))
     return results
 
 

@@ -21,7 +21,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from lambdaskip.experiments.commands import config_from_args
-from lambdaskip.experiments.trainer import atomic_write, train, versions
+from lambdaskip.experiments.records import atomic_write, versions
+from lambdaskip.experiments.trainer import train
 
 
 def run_name(arch: str, lam: float, learnable: bool, lr: float, seed: int) -> str:

@@ -28,7 +28,6 @@ import io
 import json
 import math
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 from lambdaskip.experiments.image import DIGITS_SOURCE, LRA_SOURCE, NUM_CLASSES, digits_datasets, lra_image_datasets
 from lambdaskip.experiments.model import SequenceModel
 from lambdaskip.experiments.mqar import IGNORE_INDEX, MQARConfig, mqar_datasets
+from lambdaskip.experiments.records import atomic_write, versions
 from lambdaskip.metrics import CollapseProbe
 
 TASKS = ("mqar", "image")
@@ -327,21 +327,6 @@ def _autocast(config: TrainConfig, placement: Placement):
     if config.amp and placement.device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
-
-
-def versions() -> dict:
-    import lambdaskip
-    return {"lambdaskip": lambdaskip.__version__, "torch": torch.__version__, "python": platform.python_version(),
-            "numpy": np.__version__}
 
 
 def _write_metrics(out: Path, history: list[dict], meta: dict) -> None:
