@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lambdaskip.reference._dtypes import compute_dtype
+
 NORM_CODES = {"layernorm": 0, "rmsnorm": 1, "l2": 2}
 MAX_FUSED_D = 8192
 CHUNK_D = 2048
@@ -267,10 +269,6 @@ def _backward_looped_kernel(DOUT, DH_IN, X, RES, LAM, W, MEAN, RSTD, DX, DRES, P
     tl.store(PART_DLAM + pid, tl.sum(dlam, axis=0))
 
 
-def _compute_dtype(*tensors) -> torch.dtype:
-    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
 def _tl_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
@@ -321,7 +319,7 @@ def lambda_norm_forward(x: torch.Tensor, residual: torch.Tensor, lam: torch.Tens
         mu (n_rows // group_rows,) or (0,)); statistics and μ in the compute dtype.
     """
     n_rows, d = x.shape
-    compute = _compute_dtype(x, residual, lam, weight, bias)
+    compute = compute_dtype(x, residual, lam, weight, bias)
     want_mu = group_rows > 0
     block, num_warps, looped = _block_and_warps(d, max_block_d)
     rows = rows_per_program or _forward_rows_per_program(x.device)

@@ -49,3 +49,10 @@ def check_finite_float(name: str, value, *, positive: bool = False) -> float:
     if positive and value <= 0:
         raise ValueError(f"{name} must be > 0, got {value}")
     return value
+
+
+def check_bool(name: str, value) -> bool:
+    """A Python bool (not merely truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value

@@ -13,8 +13,9 @@ import torch
 from torch import Tensor
 
 from lambdaskip.ops._backend import choose_backend
-from lambdaskip.ops._checks import check_finite_float, check_same_device, check_tensor
-from lambdaskip.reference.lambda_norm import NORMS, compute_dtype
+from lambdaskip.ops._checks import check_bool, check_finite_float, check_same_device, check_tensor
+from lambdaskip.reference._dtypes import compute_dtype
+from lambdaskip.reference.lambda_norm import NORMS
 from lambdaskip.reference.lambda_norm import lambda_norm as reference_lambda_norm
 
 SUPPORTED_BACKENDS = ("reference", "triton")
@@ -98,12 +99,6 @@ def _check_lam(lam, device: torch.device):
     return check_finite_float("lam", lam)
 
 
-def _check_flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
-
-
 def lambda_norm(x: torch.Tensor, residual: torch.Tensor, lam, weight: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None, eps: float = 1e-5, *, norm: str = "layernorm",
                 prenorm: bool = False, residual_in_fp32: bool = False, return_mu: bool = False,
@@ -146,9 +141,9 @@ def lambda_norm(x: torch.Tensor, residual: torch.Tensor, lam, weight: torch.Tens
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if bias is not None and norm != "layernorm":
         raise ValueError(f"bias is only supported with norm='layernorm', got norm={norm!r}")
-    _check_flag("prenorm", prenorm)
-    _check_flag("residual_in_fp32", residual_in_fp32)
-    if _check_flag("return_mu", return_mu) and x.dim() < 2:
+    check_bool("prenorm", prenorm)
+    check_bool("residual_in_fp32", residual_in_fp32)
+    if check_bool("return_mu", return_mu) and x.dim() < 2:
         raise ValueError(f"return_mu needs x of shape (..., seqlen, d), got {tuple(x.shape)}")
 
     chosen = choose_backend("lambda_norm", backend, device, SUPPORTED_BACKENDS)

@@ -17,18 +17,12 @@ from typing import Optional
 import torch
 
 from lambdaskip.ops._backend import choose_backend
-from lambdaskip.ops._checks import check_same_device, check_tensor
+from lambdaskip.ops._checks import check_bool, check_same_device, check_tensor
 from lambdaskip.reference.ssd import prepare_dt, ssd_scan_chunked
 
 SUPPORTED_BACKENDS = ("reference", "triton")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TRITON_MAX_DIM = 128  # the backward kernels hold headdim × dstate whole in one float32 tile
-
-
-def _check_flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
 
 
 def _check_chunk_size(chunk_size) -> int:
@@ -105,11 +99,11 @@ def ssd_scan(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_sof
         check_tensor("z", z, shape=(b, l, h, p))
     if dt_bias is not None:
         check_tensor("dt_bias", dt_bias, shape=(h,))
-    _check_flag("dt_softplus", dt_softplus)
+    check_bool("dt_softplus", dt_softplus)
     dt_limit = _check_dt_limit(dt_limit)
     if initial_states is not None:
         check_tensor("initial_states", initial_states, shape=(b, h, p, n))
-    _check_flag("return_final_states", return_final_states)
+    check_bool("return_final_states", return_final_states)
     device = check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
                                initial_states=initial_states)
 

@@ -19,16 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lambdaskip.reference._dtypes import compute_dtype
+
 NORMS = ("layernorm", "rmsnorm", "l2")
-
-
-def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    """The dtype the math runs in: the inputs' promoted dtype, at least float32 (float64 stays)."""
-    dtype = torch.float32
-    for t in tensors:
-        if t is not None:
-            dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
 
 
 def normalize_rows(h: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,

@@ -21,14 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def _compute_dtype(*tensors) -> torch.dtype:
-    """The widest floating dtype among ``tensors`` (None skipped), at least float32."""
-    dtype = torch.float32
-    for t in tensors:
-        if t is not None:
-            dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
+from lambdaskip.reference._dtypes import compute_dtype
 
 
 def prepare_dt(dt: torch.Tensor, dt_bias=None, dt_softplus: bool = False,
@@ -63,7 +56,7 @@ def ssd_scan_sequential(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=N
 
     Returns ``y`` (b, l, h, p) in x's dtype, or ``(y, final_states)`` with final states (b, h, p, n).
     """
-    dtype = _compute_dtype(x, dt, A, B, C, D, z, dt_bias, initial_states)
+    dtype = compute_dtype(x, dt, A, B, C, D, z, dt_bias, initial_states)
     b, l, h, p = x.shape
     n = B.shape[-1]
     xc, Ac = x.to(dtype), A.to(dtype)
@@ -103,7 +96,7 @@ def ssd_scan_chunked(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None
     The sequence is padded with dt = 0 steps to a multiple of ``chunk_size`` (a padded step neither
     decays nor updates the state). Returns as :func:`ssd_scan_sequential`.
     """
-    dtype = _compute_dtype(x, dt, A, B, C, D, z, dt_bias, initial_states)
+    dtype = compute_dtype(x, dt, A, B, C, D, z, dt_bias, initial_states)
     b, l, h, p = x.shape
     n = B.shape[-1]
     q = chunk_size
