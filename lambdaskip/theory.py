@@ -38,6 +38,7 @@ from torch import nn
 
 from lambdaskip.metrics import mu
 from lambdaskip.modules import AttentionMixer, IdentityMixer, LambdaSkipBlock, LTIMixer, Mamba2Mixer, S4DMixer
+from lambdaskip.ops._checks import check_finite_float
 
 FORMS = ("exact", "bounded", "approximate")
 
@@ -46,27 +47,16 @@ FORMS = ("exact", "bounded", "approximate")
 # Closed forms
 # ---------------------------------------------------------------------------------------------------------
 
-def _real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
-def _positive(name: str, value) -> float:
-    value = _real(name, value)
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return value
-
-
 def _rate(a) -> float:
-    a = _real("a", a)
+    a = check_finite_float("a", a)
     if not 0 < a < 1:
         raise ValueError(f"a must lie in (0, 1), got {a}")
     return a
+
+
+def _constants(S, C_M) -> tuple[float, float]:
+    """S and C_M, each a finite number > 0."""
+    return check_finite_float("S", S, positive=True), check_finite_float("C_M", C_M, positive=True)
 
 
 def _count(name: str, value) -> int:
@@ -79,7 +69,7 @@ def _count(name: str, value) -> int:
 
 def eq7_margin(lam: float, a: float, S: float, C_M: float) -> float:
     """The left side of Eq. 7, ``λ² − a·(S·C_M + |λ|)²``: positive exactly when Eq. 7 holds."""
-    lam, a, S, C_M = _real("lam", lam), _rate(a), _positive("S", S), _positive("C_M", C_M)
+    lam, a, S, C_M = check_finite_float("lam", lam), _rate(a), *_constants(S, C_M)
     return lam * lam - a * (S * C_M + abs(lam)) ** 2
 
 
@@ -90,13 +80,13 @@ def eq7_holds(lam: float, a: float, S: float, C_M: float) -> bool:
 
 def lambda_min(a: float, S: float, C_M: float) -> float:
     """The smallest admissible |λ| for rate ``a``: Eq. 7 holds exactly when |λ| > √a·S·C_M / (1 − √a)."""
-    a, S, C_M = _rate(a), _positive("S", S), _positive("C_M", C_M)
+    a, S, C_M = _rate(a), *_constants(S, C_M)
     return math.sqrt(a) * S * C_M / (1 - math.sqrt(a))
 
 
 def a_max(lam: float, S: float, C_M: float) -> float:
     """The supremum of the rates ``a`` that Eq. 7 admits for λ: (|λ| / (|λ| + S·C_M))² (0 for λ = 0)."""
-    lam, S, C_M = _real("lam", lam), _positive("S", S), _positive("C_M", C_M)
+    lam, S, C_M = check_finite_float("lam", lam), *_constants(S, C_M)
     return (abs(lam) / (abs(lam) + S * C_M)) ** 2
 
 
@@ -124,10 +114,10 @@ def one_layer_bound(mu_sq: float, lam: float, N: int, d: int, S: float, C_M: flo
     ``max(0, (λ²·mu_sq − 2|λ|·N·d·S·C_M) / (S·C_M + |λ|)²)``; valid for ℓ2-normalised rows of Y_k and
     ``Y_{k+1} = ℓ2norm(M Y_k C_V + λ Y_k)`` with ‖M‖_F ≤ C_M and ‖C_V‖₂ ≤ S. Non-decreasing in mu_sq.
     """
-    mu_sq, lam = _real("mu_sq", mu_sq), _real("lam", lam)
+    mu_sq, lam = check_finite_float("mu_sq", mu_sq), check_finite_float("lam", lam)
     if mu_sq < 0:
         raise ValueError(f"mu_sq must be ≥ 0, got {mu_sq}")
-    N, d, S, C_M = _count("N", N), _count("d", d), _positive("S", S), _positive("C_M", C_M)
+    N, d, S, C_M = _count("N", N), _count("d", d), *_constants(S, C_M)
     return max(0.0, (lam * lam * mu_sq - 2 * abs(lam) * N * d * S * C_M) / (S * C_M + abs(lam)) ** 2)
 
 
