@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lambdaskip.reference._dtypes import compute_dtype
+from lambdaskip.common import compute_dtype
 
 NORM_CODES = {"layernorm": 0, "rmsnorm": 1, "l2": 2}
 MAX_FUSED_D = 8192

@@ -1,4 +1,5 @@
 """The collapse study: its invariants on small settings, its outputs, its inputs, its errors."""
+import argparse
 import csv
 import json
 import os
@@ -7,9 +8,11 @@ import sys
 
 import pytest
 
+from lambdaskip.cli import collapse as collapse_cli
 from lambdaskip.cli import main
-from lambdaskip.experiments import collapse, plots
-from lambdaskip.experiments import text as text_inputs
+from lambdaskip.studies import collapse
+from lambdaskip.studies.collapse import plots
+from lambdaskip.studies.collapse import text as text_inputs
 
 SMALL = ["--depth", "3", "--d-model", "16", "--seqlen", "12", "--excerpts", "2", "--no-progress"]
 
@@ -92,14 +95,14 @@ def test_gaussian_input_user_text_and_norm_variants(tmp_path):
     ("gating", {"archs": ["mamba2"], "gating": [True, False], "norms": ["rmsnorm", None], "lams": [0.0, 1.0]}),
 ])
 def test_presets_fill_unset_options_only(preset, expected):
-    parser = collapse.argparse.ArgumentParser()
-    collapse.add_arguments(parser)
-    config = collapse.config_from_args(parser.parse_args(["--preset", preset, "--d-model", "16"]))
+    parser = argparse.ArgumentParser()
+    collapse_cli.add_arguments(parser)
+    config = collapse_cli.config_from_args(parser.parse_args(["--preset", preset, "--d-model", "16"]))
     for name, value in expected.items():
         assert getattr(config, name) == value
     assert config.d_model == 16 and config.preset == preset
     assert len(collapse.variants(config)) == (4 if preset == "gating" else 2)
-    config = collapse.config_from_args(parser.parse_args(["--preset", preset, "--depth", "5"]))
+    config = collapse_cli.config_from_args(parser.parse_args(["--preset", preset, "--depth", "5"]))
     assert config.depth == 5
 
 

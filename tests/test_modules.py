@@ -7,7 +7,7 @@ from lambdaskip import LambdaSkip, LambdaSkipBlock, build_stack
 from lambdaskip.modules import AttentionMixer, IdentityMixer, LTIMixer, Mamba2Mixer, S4DMixer
 
 SMALL_MIXER_KWARGS = {
-    "attention": {"n_heads": 2},
+    "attention": {"nheads": 2},
     "mamba2": {"headdim": 8, "d_state": 16, "chunk_size": 16},
     "s4d": {"d_state": 8},
     "lti": {"kernel_size": 8},
@@ -103,7 +103,7 @@ def test_mamba2_gating_ablation_changes_the_output():
 
 
 def test_attention_mixer_is_causal():
-    mixer = AttentionMixer(16, n_heads=2, causal=True)
+    mixer = AttentionMixer(16, nheads=2, causal=True)
     y = tokens()
     y2 = y.clone()
     y2[:, -1] += 1.0
@@ -125,7 +125,7 @@ def test_lti_mixer_is_causal_convolution():
 
 
 def test_compiled_stack_matches_eager():
-    stack = build_stack("attention", depth=4, d_model=16, lam=2.0, seed=0, n_heads=2)
+    stack = build_stack("attention", depth=4, d_model=16, lam=2.0, seed=0, nheads=2)
     y = tokens()
     compiled = torch.compile(stack, fullgraph=True)
     torch.testing.assert_close(compiled(y), stack(y), rtol=1e-5, atol=1e-5)

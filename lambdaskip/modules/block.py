@@ -12,6 +12,9 @@ from lambdaskip.modules.lti import IdentityMixer, LTIMixer
 from lambdaskip.modules.mamba2 import Mamba2Mixer
 from lambdaskip.modules.s4d import S4DMixer
 
+# The paper's three sequence models, the architectures of the studies and the trainer; MIXERS adds the
+# minimal mixers used by tests and theory checks.
+ARCHS = ("attention", "mamba2", "s4d")
 MIXERS = {
     "attention": AttentionMixer,
     "mamba2": Mamba2Mixer,

@@ -5,15 +5,16 @@ import torch
 from torch import nn
 
 from lambdaskip import ops
+from lambdaskip.common import NORMS
 from lambdaskip.metrics import mu
 
-NORMS = ("layernorm", "rmsnorm", "l2", None)
 DEFAULT_EPS = {"layernorm": 1e-5, "rmsnorm": 1e-5, "l2": 1e-12, None: 0.0}
 
 
 def check_norm(norm) -> None:
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    """``norm`` is one of :data:`lambdaskip.common.NORMS` or None (no norm)."""
+    if norm is not None and norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS} or None, got {norm!r}")
 
 
 class LambdaSkip(nn.Module):

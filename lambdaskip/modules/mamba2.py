@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lambdaskip import ops
+from lambdaskip.modules.constants import MixerConstants, spectral_norm
 
 
 class GatedRMSNorm(nn.Module):
@@ -136,6 +137,30 @@ class Mamba2Mixer(nn.Module):
         if include_D:
             M = M + torch.diag_embed(self.D.double()[:, None].expand(-1, u.shape[1]))
         return M
+
+    @torch.no_grad()
+    def theorem_constants(self, y: torch.Tensor) -> MixerConstants:
+        """Theorem 4.1's constants at ``y`` (batch, N, d_model); form "approximate".
+
+        M_h is the SSD matrix of head h for this input (:meth:`mixing_matrix`, D on the diagonal), C_M = max
+        over heads (and channels, for D of shape (nheads, headdim)) per batch element. C_V = I, S = 1 (the
+        paper's convention for SSMs); in_proj, conv, silu, gate, inner norm and out_proj are outside the
+        theory, and ``S_projections = ‖W_x‖₂·‖W_O‖₂`` is reported beside it.
+        """
+        M = self.mixing_matrix(y, include_D=self.D.dim() == 1)                    # (b, h, N, N)
+        if self.D.dim() == 1:
+            C_M = torch.linalg.matrix_norm(M).amax(dim=1)
+        else:  # ‖M + D I‖_F² = ‖M‖_F² + 2D·tr(M) + N·D², per (head, channel)
+            D = self.D.detach().double()                                          # (h, p)
+            sq = (torch.linalg.matrix_norm(M).square()[..., None]
+                  + 2 * D * M.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None] + y.shape[1] * D.square())
+            C_M = sq.flatten(1).amax(dim=1).sqrt()
+        W_x = self.in_proj.weight[self.d_inner:2 * self.d_inner]
+        return MixerConstants(
+            C_M=C_M, S=1.0, S_frob=math.sqrt(self.d_model), form="approximate",
+            S_projections=spectral_norm(W_x) * spectral_norm(self.out_proj.weight),
+            note="M = SSD matrix of the inner sequence (D on the diagonal), C_V = I (paper); in_proj, conv, silu, "
+                 "gate, inner norm and out_proj are outside the theory")
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_state={self.d_state}, nheads={self.nheads}, headdim={self.headdim}, "

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from lambdaskip import reference
+from lambdaskip.common import check_same_device, check_tensor
 from lambdaskip.ops._backend import choose_backend
-from lambdaskip.ops._checks import check_same_device, check_tensor
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,

@@ -12,10 +12,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from lambdaskip.common import NORMS, check_bool, check_finite_float, check_same_device, check_tensor, compute_dtype
 from lambdaskip.ops._backend import choose_backend
-from lambdaskip.ops._checks import check_bool, check_finite_float, check_same_device, check_tensor
-from lambdaskip.reference._dtypes import compute_dtype
-from lambdaskip.reference.lambda_norm import NORMS
 from lambdaskip.reference.lambda_norm import lambda_norm as reference_lambda_norm
 
 SUPPORTED_BACKENDS = ("reference", "triton")

@@ -19,9 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lambdaskip.reference._dtypes import compute_dtype
-
-NORMS = ("layernorm", "rmsnorm", "l2")
+from lambdaskip.common import NORMS, compute_dtype
 
 
 def normalize_rows(h: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,

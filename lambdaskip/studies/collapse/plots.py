@@ -1,6 +1,6 @@
 """PNG plots of a collapse study (matplotlib is optional: the ``plot`` extra).
 
-Both functions take the results dict of :func:`lambdaskip.experiments.collapse.run_study` and return PNG
+Both functions take the results dict of :func:`lambdaskip.studies.collapse.run_study` and return PNG
 bytes, so the caller writes them atomically.
 """
 from __future__ import annotations

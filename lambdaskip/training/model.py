@@ -1,4 +1,4 @@
-"""Sequence models for the training studies: token embedding → λ-skip stack → head."""
+"""Sequence models for the trainer: token embedding → λ-skip stack → head, and the model of a run."""
 from __future__ import annotations
 
 import torch
@@ -21,7 +21,7 @@ class SequenceModel(nn.Module):
             one prediction per sequence, for classification).
         max_len: > 0 adds learned position embeddings for sequences up to this length; 0 adds none.
         seed: parameters are drawn from this seed without touching the global RNG.
-        mixer_kwargs: passed to the mixer (e.g. ``n_heads``, ``causal``, ``d_state``, ``headdim``).
+        mixer_kwargs: passed to the mixer (e.g. ``nheads``, ``causal``, ``d_state``, ``headdim``).
 
     Shapes: ``forward(tokens)`` with tokens (batch, seqlen) int64 returns logits (batch, seqlen,
     num_outputs) for the token head, (batch, num_outputs) for the pooled head.
@@ -68,3 +68,15 @@ class SequenceModel(nn.Module):
             if block.mlp_skip is not None:
                 out[f"lam{k}_mlp"] = block.mlp_skip.lam.item()
         return out
+
+
+def build_model(config, facts: dict) -> SequenceModel:
+    """The model of a :class:`~lambdaskip.training.TrainConfig` for the task ``facts`` of
+    :func:`lambdaskip.training.data.load_data` (vocab, outputs, head, seqlen)."""
+    mixer = {"attention": dict(nheads=config.nheads, causal=config.task == "mqar"),
+             "mamba2": dict(d_state=config.d_state, headdim=config.headdim, chunk_size=64),
+             "s4d": dict(d_state=config.d_state)}[config.arch]
+    return SequenceModel(facts["vocab"], facts["outputs"], config.arch, config.depth, config.d_model,
+                         lam=config.lam, learnable=config.learnable, norm=config.norm, mlp=config.mlp,
+                         head=facts["head"], max_len=facts["seqlen"] if config.positions else 0,
+                         seed=config.seed, **mixer)
