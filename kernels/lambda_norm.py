@@ -20,6 +20,10 @@ per program into partial buffers, then over programs by :func:`torch.sum` — no
 backward is bitwise deterministic for a given shape, dtype and device.
 
 Math runs in float32 (float64 when any input is float64). Norm codes: 0 LayerNorm, 1 RMSNorm, 2 ℓ2.
+
+Long file: one op's forward and backward kernels (one-pass and looped) and their launchers belong
+together (the layout's one-op-one-file rule); splitting them would separate kernels that share the row
+statistics' layout.
 """
 from __future__ import annotations
 

@@ -14,7 +14,6 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-METRICS = ("mu", "normalized_mu", "effective_rank")
 
 
 def _as_tokens(y: torch.Tensor, name: str = "y") -> torch.Tensor:
@@ -71,7 +70,9 @@ def effective_rank(y: torch.Tensor) -> torch.Tensor:
     return torch.where(total.squeeze(-1) > 0, entropy.exp(), torch.zeros_like(entropy))
 
 
-_METRIC_FUNCTIONS = {"mu": mu, "normalized_mu": normalized_mu, "effective_rank": effective_rank}
+# The metrics by name: what CollapseProbe and the studies record.
+METRIC_FUNCTIONS = {"mu": mu, "normalized_mu": normalized_mu, "effective_rank": effective_rank}
+METRICS = tuple(METRIC_FUNCTIONS)
 
 
 class CollapseProbe:
@@ -97,7 +98,7 @@ class CollapseProbe:
         if not self.modules:
             raise ValueError("modules must name at least one module to probe")
         self.metrics = tuple(metrics)
-        unknown = [m for m in self.metrics if m not in _METRIC_FUNCTIONS]
+        unknown = [m for m in self.metrics if m not in METRIC_FUNCTIONS]
         if unknown:
             raise ValueError(f"metrics must be among {METRICS}, got {unknown}")
         self._handles = []
@@ -108,7 +109,7 @@ class CollapseProbe:
             y = y[0]
         with torch.no_grad():
             for name in self.metrics:
-                self._records[(layer, name)] = _METRIC_FUNCTIONS[name](y.detach()).reshape(-1).cpu()
+                self._records[(layer, name)] = METRIC_FUNCTIONS[name](y.detach()).reshape(-1).cpu()
 
     def __enter__(self) -> "CollapseProbe":
         self._records.clear()
