@@ -210,3 +210,37 @@ def test_lambda_skip_with_k_lams_needs_a_batch_multiple_of_k():
     assert "lam" in dict(skip.named_buffers()) and skip.lam.shape == (3,)
     with pytest.raises(ValueError, match="multiple of 3"):
         skip(tokens(b=4), tokens(b=4))
+
+
+@pytest.mark.parametrize("lam, error, match", [
+    (float("nan"), ValueError, "lam must be finite"),
+    (float("-inf"), ValueError, "lam must be finite"),
+    ([1.0, float("nan")], ValueError, "lam must be finite"),
+    (torch.tensor([0.5, float("inf")]), ValueError, "lam must be finite"),
+    ("1", TypeError, "lam must be a float"),
+    (None, TypeError, "lam must be a float"),
+    (True, TypeError, "lam must be a float"),
+    (torch.ones(2, 2), TypeError, "lam must be a number or a 0-d / 1-D float tensor"),
+    (torch.tensor([1, 2]), TypeError, "lam must be a number or a 0-d / 1-D float tensor"),
+    ([], ValueError, "lam must hold at least one value"),
+])
+def test_lambda_skip_and_build_stack_refuse_bad_lambda(lam, error, match):
+    with pytest.raises(error, match=match):
+        LambdaSkip(64, lam)
+    with pytest.raises(error, match=match):  # as the λ of one block, and (numbers) of every block
+        build_stack("identity", depth=2, d_model=8, lam=[lam, 1.0])
+    if not isinstance(lam, (list, torch.Tensor)):
+        with pytest.raises(error, match=match):
+            build_stack("identity", depth=2, d_model=8, lam=lam)
+
+
+def test_build_stack_with_k_lams_per_block_runs_a_sweep_in_one_pass():
+    """One stack with λ variants as batch slices equals one stack per λ (same seed, same weights)."""
+    lams = [-1.0, 0.5, 2.0]
+    sweep = build_stack("attention", depth=3, d_model=16, lam=[lams] * 3, seed=0, n_heads=2)
+    assert sweep.lams.shape == (3, 3)
+    y = tokens(b=2, seed=4)
+    out = sweep(y.repeat(3, 1, 1))
+    for k, lam in enumerate(lams):
+        one = build_stack("attention", depth=3, d_model=16, lam=lam, seed=0, n_heads=2)
+        torch.testing.assert_close(out[2 * k:2 * k + 2], one(y), rtol=1e-5, atol=1e-5)
