@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lambdaskip.modules.attention import AttentionMixer
-from lambdaskip.modules.lambda_skip import LambdaSkip, check_norm
+from lambdaskip.modules.lambda_skip import LambdaSkip, check_norm, lam_values
 from lambdaskip.modules.lti import IdentityMixer, LTIMixer
 from lambdaskip.modules.mamba2 import Mamba2Mixer
 from lambdaskip.modules.s4d import S4DMixer
@@ -68,8 +68,20 @@ class LambdaSkipStack(nn.Module):
 
     @property
     def lams(self) -> torch.Tensor:
-        """The λ of each block's mixer skip: (depth,)."""
+        """The λ of each block's mixer skip: (depth,), or (depth, K) for K λ variants per block."""
         return torch.stack([block.skip.lam.detach() for block in self.blocks])
+
+
+def stack_lams(lam, depth: int) -> list[torch.Tensor]:
+    """One λ tensor per block (0-d, or (K,) for K variants) from a number, ``depth`` values, or a
+    (depth, K) nested sequence / tensor; raises TypeError / ValueError naming ``lam``."""
+    if isinstance(lam, torch.Tensor) and lam.dim() > 0 or isinstance(lam, (list, tuple)):
+        per_block = list(lam)
+    else:
+        per_block = [lam] * depth
+    if len(per_block) != depth:
+        raise ValueError(f"lam must be a number or a sequence of depth={depth} values, got {len(per_block)} values")
+    return [lam_values(v) for v in per_block]
 
 
 def build_stack(arch: str, depth: int, d_model: int, lam: float | Sequence[float] = 1.0, learnable: bool = False,
@@ -81,7 +93,9 @@ def build_stack(arch: str, depth: int, d_model: int, lam: float | Sequence[float
         arch: one of ``"attention"``, ``"mamba2"``, ``"s4d"``, ``"lti"``, ``"identity"``.
         depth: number of blocks (> 0).
         d_model: token width.
-        lam: one λ for every block, or a sequence of ``depth`` values.
+        lam: one finite λ for every block, a sequence of ``depth`` values (one per block), or ``depth``
+            sequences of K values — a (depth, K) nested sequence or tensor: K λ variants per block, run
+            as K slices of the batch (see :class:`LambdaSkip`).
         learnable, norm, mlp, eps: per block (see :class:`LambdaSkipBlock`).
         seed: when given, parameters are drawn from this seed without touching the global RNG.
         mixer_kwargs: passed to the mixer's constructor.
@@ -95,9 +109,7 @@ def build_stack(arch: str, depth: int, d_model: int, lam: float | Sequence[float
     if not isinstance(d_model, int) or d_model <= 0:
         raise ValueError(f"d_model must be a positive int, got {d_model!r}")
     check_norm(norm)
-    lams = [float(lam)] * depth if isinstance(lam, (int, float)) else [float(v) for v in lam]
-    if len(lams) != depth:
-        raise ValueError(f"lam must be a number or a sequence of depth={depth} values, got {len(lams)} values")
+    lams = stack_lams(lam, depth)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
