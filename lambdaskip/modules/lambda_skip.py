@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from lambdaskip import ops
-from lambdaskip.common import NORMS
+from lambdaskip.common import NORMS, check_finite_float
 from lambdaskip.metrics import mu
-from lambdaskip.ops._checks import check_finite_float
+
 
 DEFAULT_EPS = {"layernorm": 1e-5, "rmsnorm": 1e-5, "l2": 1e-12, None: 0.0}
 
