@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from lambdaskip import ops
-from lambdaskip.metrics import mu
+from lambdaskip.metrics import mu, telemetry_active
 from lambdaskip.ops._checks import check_finite_float
 
 NORMS = ("layernorm", "rmsnorm", "l2", None)
@@ -55,6 +55,7 @@ class LambdaSkip(nn.Module):
 
     Telemetry: with ``track_mu = True`` each forward also stores ``last_mu``, μ of the output per batch
     element (shape = the leading dims), detached; on the Triton path it comes from the same kernel pass.
+    Not while :func:`lambdaskip.metrics.telemetry_paused` (an activation-checkpoint recomputation).
     """
 
     def __init__(self, d_model: int, lam: float = 1.0, learnable: bool = False, norm: str | None = "layernorm",
@@ -85,12 +86,14 @@ class LambdaSkip(nn.Module):
         if self.norm is None:
             scale = lam.to(mixer_out.dtype)
             out = mixer_out + (scale.view(-1, *(1,) * (mixer_out.dim() - 1)) if lam.dim() else scale) * residual
-            if self.track_mu:
+            if self.track_mu and telemetry_active():
                 self.last_mu = mu(out.detach())
             return out
-        if self.track_mu:
-            out, self.last_mu = ops.lambda_norm(mixer_out, residual, lam, self.weight, self.bias, self.eps,
-                                                norm=self.norm, return_mu=True)
+        if self.track_mu:  # a recomputation (telemetry paused) runs the same op but records nothing
+            out, last_mu = ops.lambda_norm(mixer_out, residual, lam, self.weight, self.bias, self.eps,
+                                           norm=self.norm, return_mu=True)
+            if telemetry_active():
+                self.last_mu = last_mu
             return out
         return ops.lambda_norm(mixer_out, residual, lam, self.weight, self.bias, self.eps, norm=self.norm)
 
