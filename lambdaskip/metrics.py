@@ -6,14 +6,37 @@ tensor of shape (..., seqlen, d_model) to one value per leading index.
 - μ(Y) = ‖Y − 1·ȳᵀ‖_F with ȳ the mean token: 0 exactly when all tokens are equal.
 - normalised μ = μ(Y) / ‖Y‖_F ∈ [0, 1]: what the paper plots.
 - effective rank = exp(entropy of σ/Σσ) over the singular values σ (Roy & Vetterli, 2007).
+
+Telemetry (the probe below, :attr:`lambdaskip.modules.LambdaSkip.track_mu`) records only while
+:func:`telemetry_active`: activation checkpointing re-runs blocks during the backward inside
+:func:`telemetry_paused`, so each layer is recorded once per step, from the forward.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import threading
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
 
+
+_telemetry = threading.local()  # per thread: a CUDA backward (and with it a recomputation) runs on its own
+
+
+@contextlib.contextmanager
+def telemetry_paused() -> Iterator[None]:
+    """Within the block (in this thread), μ telemetry records nothing; blocks nest."""
+    _telemetry.paused = getattr(_telemetry, "paused", 0) + 1
+    try:
+        yield
+    finally:
+        _telemetry.paused -= 1
+
+
+def telemetry_active() -> bool:
+    """False inside :func:`telemetry_paused` (e.g. while activation checkpointing recomputes a block)."""
+    return not getattr(_telemetry, "paused", 0)
 
 
 def _as_tokens(y: torch.Tensor, name: str = "y") -> torch.Tensor:
@@ -105,6 +128,8 @@ class CollapseProbe:
         self._records: dict[tuple[int, str], torch.Tensor] = {}
 
     def _record(self, layer: int, y) -> None:
+        if not telemetry_active():
+            return
         if isinstance(y, tuple):
             y = y[0]
         with torch.no_grad():

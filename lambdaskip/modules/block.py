@@ -1,15 +1,18 @@
 """A λ-skip block (mixer + λ-skip post-norm, optionally an MLP with its own λ-skip) and deep stacks."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from lambdaskip.modules.attention import AttentionMixer
 from lambdaskip.modules.lambda_skip import LambdaSkip, check_norm, lam_values
 from lambdaskip.modules.lti import IdentityMixer, LTIMixer
 from lambdaskip.modules.mamba2 import Mamba2Mixer
+from lambdaskip.metrics import telemetry_paused
 from lambdaskip.modules.s4d import S4DMixer
 
 # The paper's three sequence models, the architectures of the studies and the trainer; MIXERS adds the
@@ -51,18 +54,55 @@ class LambdaSkipBlock(nn.Module):
         return y
 
 
+def check_checkpoint(checkpoint) -> int:
+    """Blocks per checkpointed segment for ``checkpoint`` = None (0: none), ``"block"`` (1) or an int k ≥ 1."""
+    if checkpoint is None:
+        return 0
+    if checkpoint == "block":
+        return 1
+    if isinstance(checkpoint, bool) or not isinstance(checkpoint, int):
+        raise TypeError(f"checkpoint must be None, 'block' or a positive int, got {checkpoint!r}")
+    if checkpoint < 1:
+        raise ValueError(f"checkpoint must be None, 'block' or a positive int, got {checkpoint}")
+    return checkpoint
+
+
+def _recompute_contexts():
+    """Checkpoint contexts: the forward as usual, the recomputation with telemetry paused."""
+    return contextlib.nullcontext(), telemetry_paused()
+
+
 class LambdaSkipStack(nn.Module):
     """``depth`` λ-skip blocks applied in order, (batch, seqlen, d_model) -> same.
 
     ``blocks`` is a ModuleList, ready for :class:`lambdaskip.metrics.CollapseProbe`.
+
+    ``checkpoint`` (activation checkpointing, ``torch.utils.checkpoint`` non-reentrant, only while grad is
+    enabled): None keeps every block's activations for the backward; ``"block"`` keeps only each block's
+    input and recomputes the block in the backward; an int k does that per segment of k consecutive
+    blocks (a checkpoint every k-th block: depth/k inputs kept, k blocks' activations live at a time in
+    the backward). Outputs and gradients are those of the plain stack; μ telemetry is recorded in the
+    forward only, never by the recomputation.
     """
 
-    def __init__(self, blocks: Sequence[LambdaSkipBlock]):
+    def __init__(self, blocks: Sequence[LambdaSkipBlock], checkpoint: str | int | None = None):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
+        self.segment = check_checkpoint(checkpoint)
+        self.checkpoint = checkpoint
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
+        if not self.segment or not torch.is_grad_enabled():
+            return self._run(y, 0, len(self.blocks))
+        # compiled, the recomputation is part of the compiled backward and replays no Python (no telemetry),
+        # and torch.compile accepts only dispatch modes as contexts: the pausing context is for eager only
+        contexts = {} if torch.compiler.is_compiling() else {"context_fn": _recompute_contexts}
+        for start in range(0, len(self.blocks), self.segment):
+            y = activation_checkpoint(self._run, y, start, start + self.segment, use_reentrant=False, **contexts)
+        return y
+
+    def _run(self, y: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        for block in self.blocks[start:end]:
             y = block(y)
         return y
 
@@ -86,7 +126,7 @@ def stack_lams(lam, depth: int) -> list[torch.Tensor]:
 
 def build_stack(arch: str, depth: int, d_model: int, lam: float | Sequence[float] = 1.0, learnable: bool = False,
                 norm: str | None = "layernorm", mlp: bool = False, eps: float | None = None, seed: int | None = None,
-                **mixer_kwargs) -> LambdaSkipStack:
+                checkpoint: str | int | None = None, **mixer_kwargs) -> LambdaSkipStack:
     """A deep stack of λ-skip blocks around one mixer kind.
 
     Args:
@@ -98,6 +138,7 @@ def build_stack(arch: str, depth: int, d_model: int, lam: float | Sequence[float
             as K slices of the batch (see :class:`LambdaSkip`).
         learnable, norm, mlp, eps: per block (see :class:`LambdaSkipBlock`).
         seed: when given, parameters are drawn from this seed without touching the global RNG.
+        checkpoint: activation checkpointing, None, ``"block"`` or k (see :class:`LambdaSkipStack`).
         mixer_kwargs: passed to the mixer's constructor.
     Returns:
         a :class:`LambdaSkipStack`.
@@ -110,9 +151,10 @@ def build_stack(arch: str, depth: int, d_model: int, lam: float | Sequence[float
         raise ValueError(f"d_model must be a positive int, got {d_model!r}")
     check_norm(norm)
     lams = stack_lams(lam, depth)
+    check_checkpoint(checkpoint)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
         blocks = [LambdaSkipBlock(MIXERS[arch](d_model, **mixer_kwargs), d_model, lam_k, learnable, norm, mlp, eps)
                   for lam_k in lams]
-    return LambdaSkipStack(blocks)
+    return LambdaSkipStack(blocks, checkpoint)

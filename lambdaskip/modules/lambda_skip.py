@@ -6,7 +6,7 @@ from torch import nn
 
 from lambdaskip import ops
 from lambdaskip.common import NORMS, check_finite_float
-from lambdaskip.metrics import mu
+from lambdaskip.metrics import mu, telemetry_active
 
 
 DEFAULT_EPS = {"layernorm": 1e-5, "rmsnorm": 1e-5, "l2": 1e-12, None: 0.0}
@@ -56,6 +56,7 @@ class LambdaSkip(nn.Module):
 
     Telemetry: with ``track_mu = True`` each forward also stores ``last_mu``, μ of the output per batch
     element (shape = the leading dims), detached; on the Triton path it comes from the same kernel pass.
+    Not while :func:`lambdaskip.metrics.telemetry_paused` (an activation-checkpoint recomputation).
     """
 
     def __init__(self, d_model: int, lam: float = 1.0, learnable: bool = False, norm: str | None = "layernorm",
@@ -86,12 +87,14 @@ class LambdaSkip(nn.Module):
         if self.norm is None:
             scale = lam.to(mixer_out.dtype)
             out = mixer_out + (scale.view(-1, *(1,) * (mixer_out.dim() - 1)) if lam.dim() else scale) * residual
-            if self.track_mu:
+            if self.track_mu and telemetry_active():
                 self.last_mu = mu(out.detach())
             return out
-        if self.track_mu:
-            out, self.last_mu = ops.lambda_norm(mixer_out, residual, lam, self.weight, self.bias, self.eps,
-                                                norm=self.norm, return_mu=True)
+        if self.track_mu:  # a recomputation (telemetry paused) runs the same op but records nothing
+            out, last_mu = ops.lambda_norm(mixer_out, residual, lam, self.weight, self.bias, self.eps,
+                                           norm=self.norm, return_mu=True)
+            if telemetry_active():
+                self.last_mu = last_mu
             return out
         return ops.lambda_norm(mixer_out, residual, lam, self.weight, self.bias, self.eps, norm=self.norm)
 
