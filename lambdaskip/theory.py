@@ -32,6 +32,7 @@ Bounds are exact statements only for ``norm="l2"`` with form ``"exact"`` (or ``"
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -151,17 +152,16 @@ class LayerTrace:
     output: torch.Tensor
 
 
-def trace_blocks(blocks, y: torch.Tensor) -> list[LayerTrace]:
+def trace_blocks(blocks, y: torch.Tensor) -> Iterator[LayerTrace]:
     """Run ``blocks`` in order on ``y`` (batch, N, d_model) without gradients, measuring each block's mixer
     constants (:func:`mixer_constants`) at its input before the block runs. The one loop over blocks that
-    :func:`certify` and the collapse study share. Returns one :class:`LayerTrace` per block."""
-    traces = []
+    :func:`certify` and the collapse study share. Yields one :class:`LayerTrace` per block, lazily: a
+    caller that keeps only what it measures holds one layer's activations at a time, whatever the depth."""
     with torch.no_grad():
         for block in blocks:
             constants = mixer_constants(block.mixer, y)
             y = block(y)
-            traces.append(LayerTrace(constants, y))
-    return traces
+            yield LayerTrace(constants, y)
 
 
 # ---------------------------------------------------------------------------------------------------------

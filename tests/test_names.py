@@ -96,7 +96,7 @@ def test_every_mixer_states_its_theorem_constants(arch):
     kwargs = {"mamba2": dict(d_state=8, headdim=8, chunk_size=16)}.get(arch, {})
     stack = build_stack(arch, 2, 16, norm="l2", seed=0, **kwargs).double()
     y = torch.randn(2, 7, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    traces = theory.trace_blocks(stack.blocks, y)
+    traces = list(theory.trace_blocks(stack.blocks, y))
     assert len(traces) == 2
     for trace, block in zip(traces, stack.blocks):
         c = block.mixer.theorem_constants(y if trace is traces[0] else traces[0].output)

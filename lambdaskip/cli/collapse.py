@@ -11,7 +11,7 @@ from lambdaskip.studies.collapse import plots
 
 # StudyConfig fields taken from the command line (an option left out keeps the preset's or the default value).
 _FIELDS = ("archs", "depth", "d_model", "seqlen", "lams", "norms", "gating", "seeds", "excerpts", "input", "text",
-           "hf_tokenizer", "rate_a", "metric", "device", "threads")
+           "hf_tokenizer", "rate_a", "metric", "collapse_threshold", "device", "threads")
 
 
 def _norm_arg(value: str) -> str | None:
@@ -26,7 +26,7 @@ def _gating_arg(value: str) -> bool:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``lambdaskip collapse``; unset options take the preset's or the default value."""
-    parser.add_argument("--preset", choices=sorted(study.PRESETS), help="lambda-sweep (Figs. 1-2) or gating (Fig. 3)")
+    parser.add_argument("--preset", choices=sorted(study.PRESETS), help="lambda-sweep (Figs. 1-2), gating (Fig. 3) or deep (depth 1024, every architecture)")
     parser.add_argument("--archs", nargs="*", metavar="ARCH", help=f"among {', '.join(ARCHS)} (default: all)")
     parser.add_argument("--depth", type=int, help="layers (default 32; 64 with --preset lambda-sweep)")
     parser.add_argument("--d-model", type=int, help="token width (default 64)")
@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "λ-skips instead of random stacks; never downloads")
     parser.add_argument("--rate-a", type=float, help="Theorem 4.1's rate a in (0, 1) (default 0.99)")
     parser.add_argument("--metric", choices=study.RECORDED, help="metric of the per-layer plot (default normalized_mu)")
+    parser.add_argument("--collapse-threshold", type=float, metavar="MU",
+                        help="normalised μ below which a layer counts as collapsed, for the depth-of-collapse "
+                             "summary (default 0.01)")
     parser.add_argument("--device", help="cpu (default) or cuda")
     parser.add_argument("--threads", type=int, help="torch CPU threads during the run (default 1)")
     parser.add_argument("--out", default="collapse_out", help="output directory (default ./collapse_out)")

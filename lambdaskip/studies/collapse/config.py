@@ -27,6 +27,11 @@ PRESETS = {
                      "lams": [-10.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 10.0, 100.0]},
     # Fig. 3: Mamba-2 with gating on/off × norm on/off, without (λ = 0) and with (λ = 1) the skip.
     "gating": {"archs": ["mamba2"], "gating": [True, False], "norms": ["rmsnorm", None], "lams": [0.0, 1.0]},
+    # Beyond the paper's depths: at which depth does each λ collapse? 1024 layers of each architecture,
+    # narrower and shorter than the default so that the whole sweep runs in one pass per stack in under
+    # two minutes on 2 CPU cores.
+    "deep": {"archs": ["attention", "mamba2", "s4d"], "depth": 1024, "d_model": 32, "seqlen": 64, "excerpts": 4,
+             "lams": [-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 10.0], "threads": 2},
 }
 
 
@@ -59,6 +64,7 @@ class StudyConfig:
     hf_tokenizer: str | None = None
     rate_a: float = 0.99
     metric: str = "normalized_mu"
+    collapse_threshold: float = 1e-2
     device: str = "cpu"
     threads: int = 1
     preset: str | None = None
@@ -98,6 +104,8 @@ class StudyConfig:
             raise StudyError("--text and --hf-tokenizer apply to --input text only")
         if not 0 < self.rate_a < 1:
             raise StudyError(f"rate-a must lie in (0, 1), got {self.rate_a}")
+        if not 0 < self.collapse_threshold < 1:
+            raise StudyError(f"collapse-threshold must lie in (0, 1), got {self.collapse_threshold}")
         if self.metric not in RECORDED:
             raise StudyError(f"metric must be one of {', '.join(RECORDED)}, got {self.metric!r}")
         if self.device not in ("cpu", "cuda") or (self.device == "cuda" and not torch.cuda.is_available()):
