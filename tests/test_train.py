@@ -89,6 +89,23 @@ def test_resume_gives_the_same_weights(tmp_path):
         train(_config(tmp_path, "parts", epochs=3, num_train=512, lr=1e-2))
 
 
+def test_activation_checkpointing_trains_the_same_model(tmp_path):
+    """`--checkpoint block` recomputes activations in the backward: the same weights bit for bit on the CPU
+    reference path, and the same μ telemetry (recorded once per layer, never from the recomputation)."""
+    args = ["--vocab-size", "16", "--seqlen", "16", "--num-pairs", "2", "--num-train", "128", "--num-test", "32",
+            "--d-model", "16", "--depth", "6", "--batch-size", "32", "--epochs", "1", "--threads", "1", "--quiet",
+            "--learnable"]
+    assert main(["train", "mqar", "--out", str(tmp_path / "plain"), *args]) == 0
+    assert main(["train", "mqar", "--out", str(tmp_path / "ckpt"), "--checkpoint", "block", *args]) == 0
+    plain, ckpt = (load_checkpoint(tmp_path / name / CHECKPOINT) for name in ("plain", "ckpt"))
+    assert ckpt["config"]["checkpoint"] == "block" and plain["config"]["checkpoint"] is None
+    for name, tensor in plain["model"].items():
+        assert torch.equal(tensor, ckpt["model"][name]), name
+    mu_keys = [key for key in plain["history"][-1] if key.startswith("train_mu")]
+    assert len(mu_keys) == 6
+    assert [plain["history"][-1][k] for k in mu_keys] == [ckpt["history"][-1][k] for k in mu_keys]
+
+
 def test_checkpoint_is_weights_only_loadable(tmp_path):
     train(_config(tmp_path, epochs=1, num_train=256))
     state = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)

@@ -9,6 +9,16 @@ import sys
 from lambdaskip.cli.flags import add_alias
 from lambdaskip.modules import ARCHS
 
+
+def _checkpoint_arg(value: str) -> str | int:
+    if value == "block":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes 'block' or a positive int, got {value!r}") from None
+
+
 # TrainConfig fields settable from the command line: (flag, type, help). Defaults come from TrainConfig
 # (or TrainConfig.paper_mqar with --paper-size); a flag left out keeps the default.
 _FIELDS = [
@@ -30,6 +40,8 @@ _FIELDS = [
     ("--probe-batch", int, "evaluation sequences used for μ per layer (default 8)"),
     ("--device", str, "auto, cpu or cuda (default auto)"),
     ("--threads", int, "CPU threads per process, 0 = PyTorch's default; 1 is fastest for small models"),
+    ("--checkpoint", _checkpoint_arg, "activation checkpointing: 'block' (every block) or K (every K blocks), "
+                                      "recomputed in the backward; for deep stacks (default none)"),
 ]
 _MQAR_FIELDS = [
     ("--vocab-size", int, "vocabulary; keys from the lower half, values from the upper (default 128)"),

@@ -49,6 +49,7 @@ class TrainConfig:
     d_state: int = 16
     headdim: int = 16
     positions: bool = True
+    checkpoint: str | int | None = None
     # optimisation
     epochs: int = 10
     batch_size: int = 64
@@ -116,6 +117,9 @@ class TrainConfig:
         elif not Path(self.image).is_dir():
             raise ValueError(f"image must be 'digits' or a folder of CIFAR-10 python batches; "
                              f"{self.image!r} is not a folder")
+        if self.checkpoint is not None and self.checkpoint != "block" and (
+                isinstance(self.checkpoint, bool) or not isinstance(self.checkpoint, int) or self.checkpoint < 1):
+            raise ValueError(f"checkpoint must be None, 'block' or a positive int, got {self.checkpoint!r}")
         if self.arch == "attention" and self.d_model % self.nheads:
             raise ValueError(f"d_model={self.d_model} must be divisible by nheads={self.nheads}")
         if self.arch == "mamba2" and (2 * self.d_model) % self.headdim:
