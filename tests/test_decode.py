@@ -42,7 +42,7 @@ def test_prefill_and_steps_equal_forward_float64(config):
 
 
 def test_prefill_and_steps_equal_forward_triton_float32():
-    stack = build_stack("mamba2", depth=2, d_model=D_MODEL, lam=0.7, seed=3, **CONFIGS[1])
+    stack = build_stack("mamba2", depth=1, d_model=D_MODEL, lam=0.7, seed=3, **CONFIGS[1])
     y = sequence(2, 9, torch.float32, seed=4)
     with prefer_backend("triton"):
         decoded = decode_all(stack, y, prompt_len=5)
