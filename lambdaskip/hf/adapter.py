@@ -168,10 +168,10 @@ def retrofit(model: nn.Module, lam: float | Sequence[float] = 1.0, learnable: bo
             ``Y ← Norm(sublayer(Y) + λ·Y)``: pre-norms (Mamba-2, GPT-2) are bypassed. BERT and ALBERT are
             post-norm already, so both placements are the same for them.
         ssd_scan: Mamba-2 only: run the mixer on :func:`lambdaskip.ops.ssd_scan` for "cuda" inputs
-            (default), "always", or "never" (the model's own mixer code). It needs ``cache=None`` (pass
-            ``use_cache=False`` at inference; training has no cache) and no padding mask; otherwise the
-            model's own code runs. With ``gating=False`` it also runs in training mode on any device (so no
-            fused transformers kernel with the gate built in can take over).
+            (default), "always", or "never" (the model's own mixer code). With ``use_cache=True`` the prompt
+            runs through the scan and each new token through :func:`lambdaskip.ops.ssd_step`. It needs no
+            padding mask; otherwise the model's own code runs. With ``gating=False`` it also runs in training
+            mode on any device (so no fused transformers kernel with the gate built in can take over).
     Returns:
         ``(model, summary)``: the same model object, modified in place, and a :class:`RetrofitSummary`.
     Raises:

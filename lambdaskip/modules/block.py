@@ -1,8 +1,13 @@
-"""A λ-skip block (mixer + λ-skip post-norm, optionally an MLP with its own λ-skip) and deep stacks."""
+"""A λ-skip block (mixer + λ-skip post-norm, optionally an MLP with its own λ-skip) and deep stacks.
+
+Generation: blocks and stacks whose mixers keep a decode cache (``allocate_cache``, ``prefill``, ``step``:
+the Mamba-2 mixer) run a prompt once, then one token at a time (:meth:`LambdaSkipStack.generate`); other
+mixers raise NotImplementedError there.
+"""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -52,6 +57,34 @@ class LambdaSkipBlock(nn.Module):
         if self.mlp is not None:
             y = self.mlp_skip(self.mlp(y), y)
         return y
+
+    def allocate_cache(self, batch_size: int, *, device=None, dtype=None):
+        """The mixer's empty decode cache for ``batch_size`` sequences (see :meth:`step`)."""
+        return self._decoding_mixer().allocate_cache(batch_size, device=device, dtype=dtype)
+
+    @torch.no_grad()
+    def prefill(self, y: torch.Tensor, cache) -> torch.Tensor:
+        """:meth:`forward` on ``y`` (batch, seqlen, d_model) continuing from ``cache``, advancing it.
+        Inference only (no gradient)."""
+        return self._after_mixer(self._decoding_mixer().prefill(y, cache), y)
+
+    @torch.no_grad()
+    def step(self, y: torch.Tensor, cache) -> torch.Tensor:
+        """One token, (batch, d_model) → (batch, d_model), continuing from ``cache`` and advancing it.
+        Inference only (no gradient)."""
+        return self._after_mixer(self._decoding_mixer().step(y, cache)[:, None], y[:, None])[:, 0]
+
+    def _after_mixer(self, mixed: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        y = self.skip(mixed, y)
+        if self.mlp is not None:
+            y = self.mlp_skip(self.mlp(y), y)
+        return y
+
+    def _decoding_mixer(self) -> nn.Module:
+        if not all(hasattr(self.mixer, name) for name in ("allocate_cache", "prefill", "step")):
+            raise NotImplementedError(f"{type(self.mixer).__name__} keeps no decode cache; token-by-token "
+                                      f"generation is implemented for Mamba2Mixer")
+        return self.mixer
 
 
 def check_checkpoint(checkpoint) -> int:
@@ -105,6 +138,52 @@ class LambdaSkipStack(nn.Module):
         for block in self.blocks[start:end]:
             y = block(y)
         return y
+
+    def allocate_cache(self, batch_size: int, *, device=None, dtype=None) -> list:
+        """One empty decode cache per block, for ``batch_size`` sequences."""
+        return [block.allocate_cache(batch_size, device=device, dtype=dtype) for block in self.blocks]
+
+    def prefill(self, y: torch.Tensor, cache: list) -> torch.Tensor:
+        """:meth:`forward` on ``y`` (batch, seqlen, d_model) continuing from ``cache``, advancing it."""
+        for block, block_cache in zip(self.blocks, cache, strict=True):
+            y = block.prefill(y, block_cache)
+        return y
+
+    def step(self, y: torch.Tensor, cache: list) -> torch.Tensor:
+        """One token, (batch, d_model) → (batch, d_model), continuing from ``cache`` and advancing it."""
+        for block, block_cache in zip(self.blocks, cache, strict=True):
+            y = block.step(y, block_cache)
+        return y
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, num_tokens: int,
+                 next_input: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Autoregressive decoding: the prompt in one pass, then one token per step.
+
+        Output 0 is the stack's output at the prompt's last position; output i > 0 is its output for the
+        input ``next_input(output i−1)`` (default: the output itself, e.g. ``embed(head(out).argmax(-1))``
+        for a language model). So the outputs equal :meth:`forward` on the prompt followed by those inputs,
+        at the last ``num_tokens`` positions.
+
+        Args:
+            prompt: (batch, seqlen ≥ 1, d_model).
+            num_tokens: outputs to produce (≥ 1).
+            next_input: maps an output (batch, d_model) to the next input (batch, d_model).
+        Returns:
+            (batch, num_tokens, d_model).
+        Raises:
+            NotImplementedError for mixers without a decode cache.
+        """
+        if prompt.dim() != 3 or prompt.shape[1] < 1:
+            raise ValueError(f"prompt must have shape (batch, seqlen >= 1, d_model), got {tuple(prompt.shape)}")
+        if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 1:
+            raise ValueError(f"num_tokens must be a positive int, got {num_tokens!r}")
+        next_input = next_input or (lambda out: out)
+        cache = self.allocate_cache(prompt.shape[0], device=prompt.device, dtype=prompt.dtype)
+        outputs = [self.prefill(prompt, cache)[:, -1]]
+        for _ in range(num_tokens - 1):
+            outputs.append(self.step(next_input(outputs[-1]), cache))
+        return torch.stack(outputs, dim=1)
 
     @property
     def lams(self) -> torch.Tensor:
