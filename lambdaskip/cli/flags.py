@@ -5,11 +5,6 @@ from __future__ import annotations
 import argparse
 
 
-def flag(field: str) -> str:
-    """The flag of a config field: ``d_model`` → ``--d-model``."""
-    return "--" + field.replace("_", "-")
-
-
 def add_alias(parser: argparse.ArgumentParser, old: str, dest: str, **kwargs) -> None:
     """Accept ``old`` (a former spelling) for ``dest``, hidden from ``--help``."""
     parser.add_argument(old, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)

@@ -52,13 +52,13 @@ _MQAR_FIELDS = [
     ("--num-train", int, "training sequences (default 20000)"),
     ("--num-test", int, "test sequences (default 1000)"),
 ]
-# Former spellings, still accepted (hidden from --help).
-_ALIASES = [("--n-heads", "--nheads", int), ("--seq-len", "--seqlen", int)]
 _IMAGE_FIELDS = [
     ("--image", str, "'digits' (scikit-learn's 8x8 digits, an offline substitute) or a folder of CIFAR-10 "
                      "python batches for LRA-Image (default digits)"),
     ("--image-side", int, "digits: 8 (64 tokens) or 32 (upsampled, 1024 tokens) (default 8)"),
 ]
+# Former spellings, still accepted (hidden from --help).
+_ALIASES = [("--n-heads", "--nheads", int), ("--seq-len", "--seqlen", int)]
 
 
 def _dest(option: str) -> str:
