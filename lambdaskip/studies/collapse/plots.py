@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import math
+import textwrap
 
 
 def available() -> bool:
@@ -109,13 +110,14 @@ def depth_of_collapse_png(results: dict) -> bytes:
     config = results["config"]
     K = config["depth"]
     never = 1.5 * K
-    fig, ax = plt.subplots(figsize=(6.8, 4.4), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8.4, 4.6), layout="constrained")
     for index, panel in enumerate(_panels(results)):
         rows = sorted((row for row in results["summary"] if row["variant"] == panel), key=lambda r: r["lam"])
         lams = [r["lam"] for r in rows]
         color = f"C{index}"
         for key, marker, fill in (("collapse_depth", "o", color), ("half_depth", "s", "none")):
-            depths = [never if r[key] is None else r[key] for r in rows]
+            # "never" a little apart per variant, so that overlapping lines stay visible
+            depths = [never * (1 + 0.05 * index) if r[key] is None else r[key] for r in rows]
             ax.plot(lams, depths, marker=marker, mfc=fill, color=color, lw=1.2 if key == "collapse_depth" else 0.6,
                     ls="-" if key == "collapse_depth" else ":",
                     label=f"{panel}: {'collapsed' if key == 'collapse_depth' else 'halved'}")
@@ -124,12 +126,12 @@ def depth_of_collapse_png(results: dict) -> bytes:
     ax.set_yscale("log")
     lams = sorted({row["lam"] for row in results["summary"]})
     ax.set_xticks(lams, [f"{lam:g}" for lam in lams], fontsize=8)
-    ticks = [t for t in (1, 10, 100, 1000) if t < K] + [K, never]
+    ticks = [t for t in (1, 10, 100, 1000) if t < K / 1.5] + [K, never]
     ax.set_yticks(ticks, [str(t) for t in ticks[:-1]] + ["never"])
     ax.minorticks_off()
     ax.set_xlabel("λ")
     ax.set_ylabel(f"first layer with normalised μ < {config['collapse_threshold']:g} (●) / halved (□)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(_subtitle(results), fontsize=8)
+    ax.set_title(textwrap.fill(_subtitle(results), 100), fontsize=8)
     return _png(fig)
