@@ -91,19 +91,29 @@ def _fail(command: str, error: Exception) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     from lambdaskip.training import train
     from lambdaskip.training.distributed import leave_process_group
+    completed, code = False, 0
     try:
         config = config_from_args(args, out=args.out, lam=args.lam, learnable=args.learnable)
         summary = train(config, resume=not args.no_resume)
+        completed = True
     except (ValueError, FileNotFoundError, ImportError) as error:
-        return _fail("train", error)
+        code = _fail("train", error)
     finally:
-        leave_process_group()
-    final = summary["final"]
+        leave_process_group(completed)
+    final = summary["final"] if completed else None
     if final is not None and summary["rank"] == 0:
         state = "finished" if summary["finished"] else "stopped"
         print(f"{state} after {summary['epochs_done']} epochs: eval accuracy {final['eval_acc']:.4f} "
               f"(best {summary['best_eval_acc']:.4f}); files in {args.out}")
-    return 0
+    return _end_rank(code)
+
+
+def _end_rank(code: int) -> int:
+    """``code``; a rank of a torchrun job exits here (see :func:`~lambdaskip.training.distributed.exit_rank`)."""
+    from lambdaskip.training.distributed import exit_rank, joined_process_group
+    if joined_process_group():
+        exit_rank(code)
+    return code
 
 
 def add_train_subcommand(commands) -> None:
@@ -121,15 +131,17 @@ def add_train_subcommand(commands) -> None:
 def _run_sweep(args: argparse.Namespace) -> int:
     from lambdaskip.training import SweepConfig, run_sweep
     from lambdaskip.training.distributed import leave_process_group
+    completed, code = False, 0
     try:
         sweep = SweepConfig(out=args.out, archs=args.archs, lams=args.lams, learnable_inits=args.learnable_inits,
                             lrs=args.lrs, seeds=args.seeds)
         run_sweep(sweep, config_from_args(args, out=args.out))
+        completed = True
     except (ValueError, FileNotFoundError, ImportError) as error:
-        return _fail("sweep", error)
+        code = _fail("sweep", error)
     finally:
-        leave_process_group()
-    return 0
+        leave_process_group(completed)
+    return _end_rank(code)
 
 
 def add_sweep_subcommand(commands) -> None:
