@@ -195,3 +195,76 @@ def test_tiny_mqar_on_gpu_with_bf16_autocast(tmp_path, arch):
     assert all(torch.isfinite(torch.tensor(summary["final"][k])) for k in ("train_loss", "eval_loss", "mu2"))
     if arch == "attention":
         assert summary["best_eval_acc"] > 0.5
+
+
+def _tiny_argv(out, *extra):
+    return ["train", "mqar", "--out", str(out), "--vocab-size", "16", "--seqlen", "16", "--num-pairs", "2",
+            "--num-train", "64", "--num-test", "16", "--d-model", "16", "--batch-size", "32", "--epochs", "2",
+            "--threads", "1", "--quiet", *extra]
+
+
+def test_diverging_run_stops_with_one_line_and_is_not_finished(tmp_path, capsys):
+    out = tmp_path / "nan"
+    assert main(_tiny_argv(out, "--lr", "1e4", "--clip-grad", "0", "--epochs", "3")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lambdaskip train: error: training diverged") and "\n" not in err
+    assert not (out / SUMMARY).exists()
+    if (out / CHECKPOINT).exists():  # the last good epoch's checkpoint is kept, finite and not finished
+        state = load_checkpoint(out / CHECKPOINT)
+        assert not state["finished"] and all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_nonfinite_checkpoint_is_refused_after_load(tmp_path):
+    from lambdaskip.training import TrainingDiverged, save_checkpoint
+    config = _config(tmp_path, epochs=2, num_train=64, num_test=16, d_model=16)
+    train(config, stop_after=1)
+    state = load_checkpoint(tmp_path / "run" / CHECKPOINT)
+    model = build_model(config, load_data(config)[1])
+    model.load_state_dict(state["model"])
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    optimizer = build_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(0, 4))
+    save_checkpoint(tmp_path / "run" / CHECKPOINT, model, optimizer, scheduler, 1, state["history"], config, False,
+                    torch.device("cpu"))
+    with pytest.raises(TrainingDiverged, match="non-finite values in the checkpoint"):
+        train(config)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "random", "no-checksum"])
+def test_damaged_checkpoint_is_refused_with_one_line(tmp_path, capsys, damage):
+    out = tmp_path / "run"
+    argv = _tiny_argv(out)
+    assert main(argv + ["--epochs", "1"]) == 0
+    capsys.readouterr()
+    path = out / CHECKPOINT
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        middle = len(data) // 2
+        data[middle:middle + 2000] = bytes(b ^ 0xFF for b in data[middle:middle + 2000])
+    elif damage == "truncate":
+        data = data[: len(data) // 3]
+    elif damage == "empty":
+        data = bytearray()
+    elif damage == "random":
+        data = bytearray(torch.randint(0, 256, (len(data),), dtype=torch.uint8).numpy().tobytes())
+    else:
+        (out / (CHECKPOINT + ".sha256")).unlink()
+    path.write_bytes(bytes(data))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"lambdaskip train: error: checkpoint {path} is corrupt (") and "\n" not in err
+    assert err.endswith("remove it or use another --out") and "weights_only" not in err
+    assert path.read_bytes() == bytes(data)  # left as it was, for the user to inspect
+
+
+def test_checkpoint_checksum_lists_the_replaced_checkpoint(tmp_path):
+    """A kill between the two renames of a save (new checksums, old checkpoint) still resumes."""
+    out = tmp_path / "run"
+    train(_config(tmp_path, epochs=2, num_train=64, num_test=16, d_model=16), stop_after=1)
+    old = (out / CHECKPOINT).read_bytes()
+    train(_config(tmp_path, epochs=2, num_train=64, num_test=16, d_model=16), stop_after=1)
+    lines = (out / (CHECKPOINT + ".sha256")).read_text().splitlines()
+    assert len(lines) == 2 and all(line.endswith("  " + CHECKPOINT) for line in lines)
+    (out / CHECKPOINT).write_bytes(old)
+    assert load_checkpoint(out / CHECKPOINT)["epoch"] == 1

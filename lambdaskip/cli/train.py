@@ -84,8 +84,9 @@ def config_from_args(args: argparse.Namespace, **overrides):
 
 
 def _fail(command: str, error: Exception) -> int:
+    """Print ``error`` as one line; exit status 1 for a failure while running, 2 for bad input."""
     print(f"lambdaskip {command}: error: {error}", file=sys.stderr)
-    return 2
+    return 2 if isinstance(error, (ValueError, ImportError, FileNotFoundError)) else 1
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -96,7 +97,7 @@ def _run_train(args: argparse.Namespace) -> int:
         config = config_from_args(args, out=args.out, lam=args.lam, learnable=args.learnable)
         summary = train(config, resume=not args.no_resume)
         completed = True
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, OSError, ImportError, RuntimeError) as error:
         code = _fail("train", error)
     finally:
         leave_process_group(completed)
@@ -137,7 +138,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
                             lrs=args.lrs, seeds=args.seeds)
         run_sweep(sweep, config_from_args(args, out=args.out))
         completed = True
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, OSError, ImportError, RuntimeError) as error:
         code = _fail("sweep", error)
     finally:
         leave_process_group(completed)
