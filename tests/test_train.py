@@ -172,12 +172,15 @@ def test_paper_preset():
     paper.validate()
 
 
-def test_sweep_writes_table_and_plots(tmp_path):
+def test_sweep_writes_table_and_plots(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     argv = ["sweep", "mqar", "--vocab-size", "16", "--seqlen", "16", "--num-pairs", "2", "--num-train", "64",
             "--num-test", "16", "--d-model", "16", "--epochs", "1", "--batch-size", "32", "--threads", "1", "--quiet",
             "--lams", "0", "1", "--learnable-inits", "1", "--seeds", "0", "--out", str(tmp_path / "sweep")]
     assert main(argv) == 0
+    printed = capsys.readouterr()  # --quiet still says which run is running, and where it wrote
+    assert "run 1/3: attention_fixed+0_lr" in printed.err and "run 3/3: attention_learn+1" in printed.err
+    assert f"wrote {tmp_path / 'sweep'}/results.csv" in printed.out
     out = tmp_path / "sweep"
     assert {"results.csv", "results.md", "accuracy_vs_lambda.png", "mu_over_training.png", "sweep.json"} <= set(
         os.listdir(out))
@@ -268,3 +271,69 @@ def test_checkpoint_checksum_lists_the_replaced_checkpoint(tmp_path):
     assert len(lines) == 2 and all(line.endswith("  " + CHECKPOINT) for line in lines)
     (out / CHECKPOINT).write_bytes(old)
     assert load_checkpoint(out / CHECKPOINT)["epoch"] == 1
+
+
+def test_run_folder_is_checked_locked_and_appears_whole(tmp_path, capsys):
+    from lambdaskip.common import output_lock
+    (tmp_path / "file").write_text("x")
+    assert main(_tiny_argv(tmp_path / "file")) == 2
+    assert capsys.readouterr().err.strip() == f"lambdaskip train: error: --out {tmp_path / 'file'} is a file, not a folder"
+    assert main(_tiny_argv(tmp_path / "new" / "refused", "--batch-size", "5000")) == 2  # refused after loading data
+    assert "batch_size" in capsys.readouterr().err and sorted(os.listdir(tmp_path)) == ["file"]
+    with output_lock(tmp_path / "busy"):
+        assert main(_tiny_argv(tmp_path / "busy")) == 2
+    assert "is in use by another run" in capsys.readouterr().err and not (tmp_path / "busy").exists()
+    config = _config(tmp_path, epochs=2, num_train=64, num_test=16, d_model=16)
+    train(config, stop_after=0)  # no epoch done: no folder
+    assert not (tmp_path / "run").exists()
+    train(config, stop_after=1)
+    assert sorted(os.listdir(tmp_path / "run")) == [CHECKPOINT, CHECKPOINT + ".sha256", METRICS_CSV, METRICS_JSON]
+    capsys.readouterr()
+    train(config)
+    assert "resuming from epoch 1" in capsys.readouterr().err
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]  # no lock or temporary left
+
+
+@pytest.mark.parametrize("argv, name, code", [
+    (["train", "mqar", "--out", "{out}", "--arch", "rnn"], "--arch", 2),
+    (["train", "mqar", "--out", "{out}", "--depth", "-1"], "depth", 2),
+    (["train", "mqar", "--out", "{out}", "--depth", "two"], "--depth", 2),
+    (["train", "mqar", "--out", "{out}", "--norm", "batchnorm"], "norm", 2),
+    (["train", "mqar", "--out", "{out}", "--lr", "nan"], "lr", 2),
+    (["train", "mqar", "--out", "{out}", "--seed", "-1"], "seed", 2),
+    (["train", "mqar"], "--out", 2),
+    (["train", "mqar", "--out", "{file}"], "--out", 2),
+    (["sweep", "mqar", "--out", "{out}", "--lams", "--learnable-inits"], "--lams", 2),
+    (["sweep", "mqar", "--out", "{out}", "--seeds", "x"], "--seeds", 2),
+    (["collapse", "--out", "/proc/nope"], "--out", 2),
+    (["collapse", "--out", "{out}", "--depth", "0"], "depth", 2),
+    (["collapse", "--out", "{out}", "--gating", "maybe"], "gating", 2),
+    (["collapse", "--out", "{out}", "--hf-model", "{out}/nowhere"], "--hf-model", 2),
+    (["frobnicate"], "frobnicate", 2),
+])
+def test_bad_input_battery_one_line_naming_the_argument(tmp_path, capsys, argv, name, code):
+    (tmp_path / "file").write_text("x")
+    argv = [a.replace("{out}", str(tmp_path / "o")).replace("{file}", str(tmp_path / "file")) for a in argv]
+    try:
+        status = main(argv)
+    except SystemExit as exit_:  # argparse
+        status = exit_.code
+    assert status == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and name in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_norm_none_trains(tmp_path):
+    config = TrainConfig(out=str(tmp_path / "run"), **{**TINY, "norm": None, "epochs": 1, "num_train": 64,
+                                                       "num_test": 16, "d_model": 16})
+    assert train(config)["finished"]
+    assert main(_tiny_argv(tmp_path / "cli", "--norm", "none", "--epochs", "1")) == 0
+
+
+def test_paper_size_on_cpu_warns(capsys):
+    from lambdaskip.cli import build_parser
+    from lambdaskip.cli.train import config_from_args
+    args = build_parser().parse_args(["train", "mqar", "--out", "x", "--paper-size", "--device", "cpu"])
+    config_from_args(args, out="x", lam=1.0, learnable=False)
+    assert "--paper-size is sized for a GPU" in capsys.readouterr().err

@@ -10,11 +10,12 @@ import argparse
 import sys
 
 from lambdaskip.cli import collapse, train
+from lambdaskip.cli.flags import OneLineParser
 
 
 def build_parser() -> argparse.ArgumentParser:
     from lambdaskip.common import __version__
-    parser = argparse.ArgumentParser(prog="lambdaskip", description="λ-skip layers and rank-collapse studies")
+    parser = OneLineParser(prog="lambdaskip", description="λ-skip layers and rank-collapse studies")
     parser.add_argument("--version", action="version", version=f"lambdaskip {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     collapse.add_subcommand(commands)
