@@ -276,3 +276,27 @@ def test_hf_model_folder_that_is_not_a_model_is_a_one_line_error(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"lambdaskip collapse: error: --hf-model {tmp_path}:") and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_hf_model_gpt2_has_no_gating_label_and_llama_is_refused_in_one_line(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64,
+                                                         n_positions=32)).save_pretrained(tmp_path / "gpt2")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["collapse", "--hf-model", str(tmp_path / "gpt2"), "--lams", "-1", "1", "--seqlen", "8",
+                 "--excerpts", "2", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "gating" not in printed and "λ=-1:" in printed
+    assert {r["gating"] for r in json.loads((out / "results.json").read_text())["rows"]} == {None}
+    if plots.available():
+        assert (out / "mu_per_layer.png").read_bytes().startswith(b"\x89PNG")
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=2,
+        vocab_size=64)).save_pretrained(tmp_path / "llama")
+    capsys.readouterr()
+    assert main(["collapse", "--hf-model", str(tmp_path / "llama"), "--lams", "1", "--seqlen", "8",
+                 "--excerpts", "2", "--out", str(tmp_path / "llama_out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().replace("\r", "\n").splitlines()[-1]  # after transformers' loading bar
+    assert err.startswith(f"lambdaskip collapse: error: --hf-model {tmp_path / 'llama'}:") and "support" in err
+    assert not (tmp_path / "llama_out").exists()

@@ -277,7 +277,8 @@ def test_run_folder_is_checked_locked_and_appears_whole(tmp_path, capsys):
     from lambdaskip.common import output_lock
     (tmp_path / "file").write_text("x")
     assert main(_tiny_argv(tmp_path / "file")) == 2
-    assert capsys.readouterr().err.strip() == f"lambdaskip train: error: --out {tmp_path / 'file'} is a file, not a folder"
+    err = capsys.readouterr().err.strip()
+    assert err == f"lambdaskip train: error: --out {tmp_path / 'file'} is a file, not a folder"
     assert main(_tiny_argv(tmp_path / "new" / "refused", "--batch-size", "5000")) == 2  # refused after loading data
     assert "batch_size" in capsys.readouterr().err and sorted(os.listdir(tmp_path)) == ["file"]
     with output_lock(tmp_path / "busy"):

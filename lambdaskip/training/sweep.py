@@ -169,7 +169,7 @@ def plot_sweep(out: Path, rows: list[dict], histories: dict[str, list[dict]], lo
     ax.set_xlabel("λ")
     ax.set_ylabel("eval accuracy at the last epoch (%)\n(MQAR: test set; images: validation)", fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below the axes
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_lambda.png", dpi=120, bbox_inches="tight")
     plt.close(fig)

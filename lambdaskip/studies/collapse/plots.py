@@ -34,11 +34,12 @@ def _png(fig) -> bytes:
 
 
 def lam_colors(lams: list[float]) -> dict[float, tuple]:
-    """A colour per λ on the diverging map: sign gives the hue, log(1 + |λ|) the depth."""
+    """A colour per λ on the diverging map: sign gives the hue, log(1 + |λ|) the depth (λ = 0: dark grey)."""
     plt = _pyplot()
     cmap = plt.get_cmap("coolwarm")
     scale = max((math.log1p(abs(lam)) for lam in lams), default=1.0) or 1.0
-    return {lam: cmap(0.5 + 0.45 * math.copysign(math.log1p(abs(lam)) / scale, lam)) for lam in lams}
+    return {lam: cmap(0.5 + math.copysign(0.2 + 0.3 * math.log1p(abs(lam)) / scale, lam)) if lam
+            else (0.3, 0.3, 0.3, 1.0) for lam in lams}
 
 
 def _band_low(mean: list[float], std: list[float], log: bool) -> list[float]:
