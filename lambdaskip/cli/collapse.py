@@ -81,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"lambdaskip collapse: error: writing {args.out}: {err.strerror or err}", file=sys.stderr)
         return 1
+    except RuntimeError as err:  # a failure while running (out of memory, a backend error): one line, status 1
+        print(f"lambdaskip collapse: error: {str(err).strip().splitlines()[0] if str(err).strip() else err!r}",
+              file=sys.stderr)
+        return 1
     if args.hf_model:
         print(study.format_hf_table(results))
         print(f"wrote {args.out}")

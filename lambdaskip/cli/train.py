@@ -100,7 +100,8 @@ def _cuda() -> bool:
 
 def _fail(command: str, error: Exception) -> int:
     """Print ``error`` as one line; exit status 1 for a failure while running, 2 for bad input."""
-    print(f"lambdaskip {command}: error: {error}", file=sys.stderr)
+    text = str(error).strip()
+    print(f"lambdaskip {command}: error: {text.splitlines()[0] if text else type(error).__name__}", file=sys.stderr)
     return 2 if isinstance(error, (ValueError, ImportError, FileNotFoundError)) else 1
 
 

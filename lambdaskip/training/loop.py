@@ -220,14 +220,14 @@ def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: 
                 logits = wrapped(x)
             training_mu.record_step()
             loss, _, _ = _loss_and_hits(logits, y)
-            value = loss.item()  # the loop's one synchronisation per step; the finite check reuses it
-            check_loss(value, epoch + 1, step + 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.clip_grad > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
             optimizer.step()
             scheduler.step()
+            value = loss.item()  # the loop's one synchronisation per step, where it always was; the check reuses it
+            check_loss(value, epoch + 1, step + 1)  # a bad step is never saved: the last checkpoint stays good
             loss_sum += value
             if bar is not None:
                 bar.update(1)
