@@ -256,17 +256,20 @@ def test_sigint_from_outside_during_an_overwrite_leaves_old_or_new(tmp_path):
     argv = [sys.executable, "-m", "lambdaskip", "collapse", "--archs", "attention", "--lams", "0", "1", *SMALL,
             "--out", str(out)]
     assert subprocess.run(argv, capture_output=True, timeout=300).returncode == 0
-    for delay in (0.5, 3.0):
-        process = subprocess.Popen([*argv, "--overwrite", "--seeds", "1" if delay < 1 else "2"],
-                                   stderr=subprocess.PIPE, text=True)
-        time.sleep(delay)
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=300)
-        assert process.returncode in (0, 130, -signal.SIGINT), err
-        if process.returncode == 130:
-            assert err.strip().endswith("interrupted") and "Traceback" not in err
-        assert _finished_whole(out) in ([0], [1], [2])
-        assert sorted(os.listdir(tmp_path)) == ["o"]
+    overwrite = [a for a in argv if a != "--no-progress"] + ["--overwrite", "--seeds", "1", "--depth", "40"]
+    process = subprocess.Popen(overwrite, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "collapse study" not in seen and process.poll() is None:  # the study has started (its progress bar)
+        seen += process.stderr.read(1)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode in (0, 130), seen + err
+    if process.returncode == 130:
+        assert err.strip().endswith("interrupted") and "Traceback" not in err
+    assert _finished_whole(out) in ([0], [1])
+    assert sorted(os.listdir(tmp_path)) == ["o"]
+    # and a Ctrl-C inside the last step, the swap of the folders, is covered (deterministically) above
 
 
 def test_hf_model_folder_that_is_not_a_model_is_a_one_line_error(tmp_path, capsys):
