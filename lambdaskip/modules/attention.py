@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from lambdaskip import ops
+from lambdaskip.ops._checks import check_bool
 from lambdaskip.reference.attention import attention_map
 
 
@@ -24,7 +25,7 @@ class AttentionMixer(nn.Module):
         super().__init__()
         if n_heads <= 0 or d_model % n_heads:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads} (> 0)")
-        self.d_model, self.n_heads, self.causal = d_model, n_heads, causal
+        self.d_model, self.n_heads, self.causal = d_model, n_heads, check_bool("causal", causal)
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias) if out_proj else nn.Identity()
 
