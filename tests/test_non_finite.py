@@ -69,7 +69,7 @@ def test_attention_rows_that_see_only_nan_are_nan(causal):
 
 
 def test_attention_guard_costs_finite_input_nothing():
-    """Finite input: the guarded output is SDPA's, bit for bit, and gradients flow as before."""
+    """Finite input: the guarded output equals SDPA's, and so do the gradients."""
     import torch.nn.functional as F
     q, k, v = (t.requires_grad_(True) for t in qkv(4))
     out = attention(q, k, v, True, backend="sdpa")

@@ -23,9 +23,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     Returns:
         (batch, nheads, seqlen_q, headdim_v) in q's dtype.
     Non-finite input:
-        NaN or ±inf in a row of q makes that output row NaN; a non-finite key row makes NaN (at least) the
-        rows that attend to it; a non-finite value makes its output column NaN: on every backend, as in
-        the reference (SDPA alone returns zeros for a row whose every logit is NaN; see
+        NaN or ±inf in a row of q makes that output row NaN; a NaN key row makes NaN the rows that attend
+        to it (an infinite one, those where its logit is +inf); a non-finite value makes its output
+        column non-finite: on every backend, as in the reference (SDPA alone returns zeros for a row whose
+        every logit is NaN; see
         :func:`_nan_where_sdpa_gives_zeros`). The reference computes logits in q's dtype, so float16
         logits past 65504 overflow there (NaN rows) while SDPA accumulates in float32.
     """
@@ -57,11 +58,12 @@ def _nan_where_sdpa_gives_zeros(out: torch.Tensor, q: torch.Tensor, k: torch.Ten
     """``out`` with NaN in the rows that see only non-finite input: a non-finite q row, or only
     non-finite key rows in view.
 
-    Why: SDPA's fused CPU kernel keeps a running row maximum that skips NaN; when every logit of a row
-    is NaN the maximum stays −inf, the row looks fully masked, and PyTorch's convention for fully masked
-    rows (since 2.5) writes zeros. The reference's softmax gives NaN there. Row sums (in at least
-    float32) detect the non-finite rows: one read of q and k and one add to ``out``, no host sync, no
-    gradient (the added term is zero for finite input).
+    Why: SDPA's flash-attention CPU backend (its choice for these inputs on torch 2.13) keeps a running
+    row maximum that NaN comparisons never raise; when every logit of a row is NaN the maximum stays
+    −inf, the row is treated as fully masked, and it gets zeros. Its math backend and the reference's
+    softmax give NaN. Row sums (in at least float32) find the rows: one read of q and k and one add to
+    ``out``, no host sync, no gradient (the added term is zero for finite input, so finite outputs keep
+    SDPA's values).
     """
     acc = torch.promote_types(q.dtype, torch.float32)
     q_rows = q.detach().sum(-1, dtype=acc)                               # (b, h, Lq): NaN/±inf if q's row is
