@@ -33,7 +33,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lambdaskip.ops._backend import triton_can_run
+from lambdaskip.ops import triton_can_run
 from lambdaskip.ops.lambda_norm import lambda_norm
 from lambdaskip.reference.lambda_norm import lambda_norm as reference_lambda_norm
 from lambdaskip.testing import assert_close

@@ -27,11 +27,11 @@ DTYPE = torch.bfloat16 if CUDA else torch.float32
 FULL = os.environ.get("LAMBDASKIP_BENCH_FULL") == "1"
 if CUDA:
     SHAPE = dict(depth=8, batch=8, seqlen=2048 if FULL else 1024, d_model=512)
-    MIXERS = {"attention": {"n_heads": 8}, "mamba2": {"headdim": 64, "d_state": 128, "chunk_size": 256},
+    MIXERS = {"attention": {"nheads": 8}, "mamba2": {"headdim": 64, "d_state": 128, "chunk_size": 256},
               "s4d": {"d_state": 64}}
 else:
     SHAPE = dict(depth=4, batch=2, seqlen=64, d_model=32)
-    MIXERS = {"attention": {"n_heads": 2}, "mamba2": {"headdim": 16, "d_state": 16, "chunk_size": 16},
+    MIXERS = {"attention": {"nheads": 2}, "mamba2": {"headdim": 16, "d_state": 16, "chunk_size": 16},
               "s4d": {"d_state": 16}}
 IMPLS = ("fast", "reference", "compiled")
 

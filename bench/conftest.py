@@ -15,6 +15,8 @@ import torch
 
 from lambdaskip.testing import skip_gpu_tests_without_cuda
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where every benchmark runs
+
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -54,11 +56,6 @@ def bench_full(request) -> bool:
     return request.config.getoption("--bench-full")
 
 
-@pytest.fixture(scope="session")
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _cuda_time_ms(fn, repeats: int = 20) -> float:
     fn()
     torch.cuda.synchronize()
@@ -72,15 +69,15 @@ def _cuda_time_ms(fn, repeats: int = 20) -> float:
 
 
 @pytest.fixture(scope="session")
-def device_limits(device):
+def device_limits():
     """Measured limits on CUDA: ``copy_bytes_per_s`` (device-to-device, read + write) and
     ``bf16_flops_per_s`` (8192³ matmul); None on CPU."""
-    if device.type != "cuda":
+    if DEVICE.type != "cuda":
         return None
-    src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=DEVICE)
     dst = torch.empty_like(src)
     copy_ms = _cuda_time_ms(lambda: dst.copy_(src))
-    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    a = torch.randn(8192, 8192, device=DEVICE, dtype=torch.bfloat16)
     mm_ms = _cuda_time_ms(lambda: a @ a, repeats=10)
     del src, dst, a
     _measured_limits.update(copy_bytes_per_s=2 * (1 << 30) / (copy_ms * 1e-3),
@@ -89,23 +86,23 @@ def device_limits(device):
 
 
 @pytest.fixture
-def run_timed(benchmark, device, device_limits):
+def run_timed(benchmark, device_limits):
     """``run_timed(fn, bytes=..., flops=...)``: benchmark ``fn`` (synchronising CUDA) and record in extra_info
     the stated minimal bytes / FLOPs, the achieved rates, the fraction of the device limits and peak memory."""
 
     def run(fn, *, bytes: int | None = None, flops: int | None = None, **info):
         def synced():
             out = fn()
-            if device.type == "cuda":
+            if DEVICE.type == "cuda":
                 torch.cuda.synchronize()
             return out
 
-        if device.type == "cuda":
+        if DEVICE.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         result = benchmark(synced)
         extra = benchmark.extra_info
-        extra.update(info, bytes=bytes, flops=flops, device=str(device))
-        if device.type == "cuda":
+        extra.update(info, bytes=bytes, flops=flops, device=str(DEVICE))
+        if DEVICE.type == "cuda":
             extra["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
         stats = getattr(benchmark, "stats", None)
         if stats is not None and getattr(stats, "stats", None) is not None:

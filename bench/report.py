@@ -18,7 +18,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from lambdaskip.experiments.records import atomic_write
+from lambdaskip.common import atomic_write
 
 IMPL_KEYS = ("impl", "name")
 OURS = ("triton", "extension", "direct-extension", "lambdaskip", "fast")

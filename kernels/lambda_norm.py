@@ -19,7 +19,16 @@ of the pre-norm output h. dx = dh, dresidual = λ·dh. dweight, dbias and dλ = 
 per program into partial buffers, then over programs by :func:`torch.sum` — no atomics, so the
 backward is bitwise deterministic for a given shape, dtype and device.
 
+λ is one value (loaded once per program) or, with ``LAM_PER_ELEMENT``, one value per batch element:
+row r uses ``λ[r // lam_rows]`` (``lam_rows`` rows per element; one scalar load per row, a compile-time
+switch, so the one-λ kernels are unchanged). Then dλ is reduced per row into a partial buffer (one float
+per row) and summed per element by :func:`torch.sum`, still without atomics.
+
 Math runs in float32 (float64 when any input is float64). Norm codes: 0 LayerNorm, 1 RMSNorm, 2 ℓ2.
+
+Long file: one op's forward and backward kernels (one-pass and looped) and their launchers belong
+together (the layout's one-op-one-file rule); splitting them would separate kernels that share the row
+statistics' layout.
 """
 from __future__ import annotations
 
@@ -27,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lambdaskip.reference._dtypes import compute_dtype
+from lambdaskip.common import compute_dtype
 
 NORM_CODES = {"layernorm": 0, "rmsnorm": 1, "l2": 2}
 MAX_FUSED_D = 8192
@@ -49,10 +58,10 @@ def _program_rows(n_rows, group_rows, programs_per_group, rows_per_program):
 
 @triton.jit
 def _forward_fused_kernel(X, RES, LAM, W, B, OUT, H, MEAN, RSTD, PART_MEAN, PART_M2,
-                          n_rows, D, eps, group_rows, programs_per_group, rows_per_program,
+                          n_rows, D, eps, group_rows, programs_per_group, rows_per_program, lam_rows,
                           NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                          STORE_H: tl.constexpr, WANT_MU: tl.constexpr, COMPUTE: tl.constexpr,
-                          BLOCK_D: tl.constexpr):
+                          STORE_H: tl.constexpr, WANT_MU: tl.constexpr, LAM_PER_ELEMENT: tl.constexpr,
+                          COMPUTE: tl.constexpr, BLOCK_D: tl.constexpr):
     """One program: ``rows_per_program`` rows of at most BLOCK_D columns, each in one pass."""
     pid, row_start, n_own = _program_rows(n_rows, group_rows, programs_per_group, rows_per_program)
     cols = tl.arange(0, BLOCK_D)
@@ -64,9 +73,10 @@ def _forward_fused_kernel(X, RES, LAM, W, B, OUT, H, MEAN, RSTD, PART_MEAN, PART
     mu_mean = tl.zeros([BLOCK_D], COMPUTE)
     mu_m2 = tl.zeros([BLOCK_D], COMPUTE)
     for i in range(0, n_own):
+        lam_r = tl.load(LAM + (row_start + i) // lam_rows).to(COMPUTE) if LAM_PER_ELEMENT else lam
         offs = base + i * D + cols
         h = (tl.load(X + offs, mask=mask, other=0.0).to(COMPUTE)
-             + lam * tl.load(RES + offs, mask=mask, other=0.0).to(COMPUTE))
+             + lam_r * tl.load(RES + offs, mask=mask, other=0.0).to(COMPUTE))
         if STORE_H:
             tl.store(H + offs, h.to(H.dtype.element_ty), mask=mask)
         if NORM == 0:
@@ -95,10 +105,10 @@ def _forward_fused_kernel(X, RES, LAM, W, B, OUT, H, MEAN, RSTD, PART_MEAN, PART
 
 @triton.jit
 def _forward_looped_kernel(X, RES, LAM, W, B, OUT, H, MEAN, RSTD, PART_MEAN, PART_M2,
-                           n_rows, D, eps, group_rows, programs_per_group, rows_per_program,
+                           n_rows, D, eps, group_rows, programs_per_group, rows_per_program, lam_rows,
                            NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                           STORE_H: tl.constexpr, WANT_MU: tl.constexpr, COMPUTE: tl.constexpr,
-                           BLOCK_D: tl.constexpr):
+                           STORE_H: tl.constexpr, WANT_MU: tl.constexpr, LAM_PER_ELEMENT: tl.constexpr,
+                           COMPUTE: tl.constexpr, BLOCK_D: tl.constexpr):
     """As the fused kernel for rows longer than a block: statistics pass(es), then the output pass.
 
     The running μ column mean lives in this program's PART_MEAN row (read-modify-write per chunk)."""
@@ -112,13 +122,14 @@ def _forward_looped_kernel(X, RES, LAM, W, B, OUT, H, MEAN, RSTD, PART_MEAN, PAR
         for start in range(0, D, BLOCK_D):
             tl.store(part + start + cols0, tl.zeros([BLOCK_D], COMPUTE), mask=start + cols0 < D)
     for i in range(0, n_own):
+        lam_r = tl.load(LAM + (row_start + i) // lam_rows).to(COMPUTE) if LAM_PER_ELEMENT else lam
         row = base + i * D
         acc = tl.zeros([BLOCK_D], COMPUTE)
         for start in range(0, D, BLOCK_D):
             cols = start + cols0
             mask = cols < D
             h = (tl.load(X + row + cols, mask=mask, other=0.0).to(COMPUTE)
-                 + lam * tl.load(RES + row + cols, mask=mask, other=0.0).to(COMPUTE))
+                 + lam_r * tl.load(RES + row + cols, mask=mask, other=0.0).to(COMPUTE))
             acc += h if NORM == 0 else h * h
         if NORM == 0:
             mean = tl.sum(acc, axis=0) / D
@@ -127,7 +138,7 @@ def _forward_looped_kernel(X, RES, LAM, W, B, OUT, H, MEAN, RSTD, PART_MEAN, PAR
                 cols = start + cols0
                 mask = cols < D
                 h = (tl.load(X + row + cols, mask=mask, other=0.0).to(COMPUTE)
-                     + lam * tl.load(RES + row + cols, mask=mask, other=0.0).to(COMPUTE))
+                     + lam_r * tl.load(RES + row + cols, mask=mask, other=0.0).to(COMPUTE))
                 centered = tl.where(mask, h - mean, 0.0)
                 acc += centered * centered
             rstd = tl.rsqrt(tl.sum(acc, axis=0) / D + eps)
@@ -143,7 +154,7 @@ def _forward_looped_kernel(X, RES, LAM, W, B, OUT, H, MEAN, RSTD, PART_MEAN, PAR
             cols = start + cols0
             mask = cols < D
             h = (tl.load(X + row + cols, mask=mask, other=0.0).to(COMPUTE)
-                 + lam * tl.load(RES + row + cols, mask=mask, other=0.0).to(COMPUTE))
+                 + lam_r * tl.load(RES + row + cols, mask=mask, other=0.0).to(COMPUTE))
             if STORE_H:
                 tl.store(H + row + cols, h.to(H.dtype.element_ty), mask=mask)
             y = (h - mean) * rstd
@@ -165,9 +176,10 @@ def _forward_looped_kernel(X, RES, LAM, W, B, OUT, H, MEAN, RSTD, PART_MEAN, PAR
 
 @triton.jit
 def _backward_fused_kernel(DOUT, DH_IN, X, RES, LAM, W, MEAN, RSTD, DX, DRES, PART_DW, PART_DB, PART_DLAM,
-                           n_rows, D, rows_per_program,
+                           n_rows, D, rows_per_program, lam_rows,
                            NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                           HAS_DH: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_D: tl.constexpr):
+                           HAS_DH: tl.constexpr, LAM_PER_ELEMENT: tl.constexpr, COMPUTE: tl.constexpr,
+                           BLOCK_D: tl.constexpr):
     """One program: ``rows_per_program`` rows of at most BLOCK_D columns; partial dW, dB, dλ per program."""
     pid, row_start, n_own = _program_rows(n_rows, n_rows, tl.cdiv(n_rows, rows_per_program), rows_per_program)
     cols = tl.arange(0, BLOCK_D)
@@ -179,9 +191,10 @@ def _backward_fused_kernel(DOUT, DH_IN, X, RES, LAM, W, MEAN, RSTD, DX, DRES, PA
     db = tl.zeros([BLOCK_D], COMPUTE)
     dlam = tl.zeros([BLOCK_D], COMPUTE)
     for i in range(0, n_own):
+        lam_r = tl.load(LAM + (row_start + i) // lam_rows).to(COMPUTE) if LAM_PER_ELEMENT else lam
         offs = base + i * D + cols
         r = tl.load(RES + offs, mask=mask, other=0.0).to(COMPUTE)
-        h = tl.load(X + offs, mask=mask, other=0.0).to(COMPUTE) + lam * r
+        h = tl.load(X + offs, mask=mask, other=0.0).to(COMPUTE) + lam_r * r
         mean = tl.load(MEAN + row_start + i).to(COMPUTE) if NORM == 0 else 0.0
         rstd = tl.load(RSTD + row_start + i).to(COMPUTE)
         dy = tl.load(DOUT + offs, mask=mask, other=0.0).to(COMPUTE)
@@ -193,23 +206,28 @@ def _backward_fused_kernel(DOUT, DH_IN, X, RES, LAM, W, MEAN, RSTD, DX, DRES, PA
         if HAS_DH:
             dh += tl.load(DH_IN + offs, mask=mask, other=0.0).to(COMPUTE)
         tl.store(DX + offs, dh.to(DX.dtype.element_ty), mask=mask)
-        tl.store(DRES + offs, (lam * dh).to(DRES.dtype.element_ty), mask=mask)
+        tl.store(DRES + offs, (lam_r * dh).to(DRES.dtype.element_ty), mask=mask)
         dw += dy * xhat
         db += dy
-        dlam += dh * r
+        if LAM_PER_ELEMENT:
+            tl.store(PART_DLAM + row_start + i, tl.sum(dh * r, axis=0))
+        else:
+            dlam += dh * r
     part = pid.to(tl.int64) * D + cols
     if HAS_WEIGHT:
         tl.store(PART_DW + part, dw, mask=mask)
     if HAS_BIAS:
         tl.store(PART_DB + part, db, mask=mask)
-    tl.store(PART_DLAM + pid, tl.sum(dlam, axis=0))
+    if not LAM_PER_ELEMENT:
+        tl.store(PART_DLAM + pid, tl.sum(dlam, axis=0))
 
 
 @triton.jit
 def _backward_looped_kernel(DOUT, DH_IN, X, RES, LAM, W, MEAN, RSTD, DX, DRES, PART_DW, PART_DB, PART_DLAM,
-                            n_rows, D, rows_per_program,
+                            n_rows, D, rows_per_program, lam_rows,
                             NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                            HAS_DH: tl.constexpr, COMPUTE: tl.constexpr, BLOCK_D: tl.constexpr):
+                            HAS_DH: tl.constexpr, LAM_PER_ELEMENT: tl.constexpr, COMPUTE: tl.constexpr,
+                            BLOCK_D: tl.constexpr):
     """As the fused backward for long rows: a pass for c₀, c₁, then the gradient pass.
 
     The partial dW / dB live in this program's PART_DW / PART_DB rows (read-modify-write per chunk)."""
@@ -226,6 +244,7 @@ def _backward_looped_kernel(DOUT, DH_IN, X, RES, LAM, W, MEAN, RSTD, DX, DRES, P
             tl.store(PART_DB + part + start + cols0, tl.zeros([BLOCK_D], COMPUTE), mask=zero_mask)
     dlam = tl.zeros([BLOCK_D], COMPUTE)
     for i in range(0, n_own):
+        lam_r = tl.load(LAM + (row_start + i) // lam_rows).to(COMPUTE) if LAM_PER_ELEMENT else lam
         row = base + i * D
         mean = tl.load(MEAN + row_start + i).to(COMPUTE) if NORM == 0 else 0.0
         rstd = tl.load(RSTD + row_start + i).to(COMPUTE)
@@ -235,7 +254,7 @@ def _backward_looped_kernel(DOUT, DH_IN, X, RES, LAM, W, MEAN, RSTD, DX, DRES, P
             cols = start + cols0
             mask = cols < D
             h = (tl.load(X + row + cols, mask=mask, other=0.0).to(COMPUTE)
-                 + lam * tl.load(RES + row + cols, mask=mask, other=0.0).to(COMPUTE))
+                 + lam_r * tl.load(RES + row + cols, mask=mask, other=0.0).to(COMPUTE))
             xhat = tl.where(mask, h - mean, 0.0) * rstd
             g = tl.load(DOUT + row + cols, mask=mask, other=0.0).to(COMPUTE)
             if HAS_WEIGHT:
@@ -248,7 +267,7 @@ def _backward_looped_kernel(DOUT, DH_IN, X, RES, LAM, W, MEAN, RSTD, DX, DRES, P
             cols = start + cols0
             mask = cols < D
             r = tl.load(RES + row + cols, mask=mask, other=0.0).to(COMPUTE)
-            h = tl.load(X + row + cols, mask=mask, other=0.0).to(COMPUTE) + lam * r
+            h = tl.load(X + row + cols, mask=mask, other=0.0).to(COMPUTE) + lam_r * r
             xhat = tl.where(mask, h - mean, 0.0) * rstd
             dy = tl.load(DOUT + row + cols, mask=mask, other=0.0).to(COMPUTE)
             g = dy
@@ -258,7 +277,7 @@ def _backward_looped_kernel(DOUT, DH_IN, X, RES, LAM, W, MEAN, RSTD, DX, DRES, P
             if HAS_DH:
                 dh += tl.load(DH_IN + row + cols, mask=mask, other=0.0).to(COMPUTE)
             tl.store(DX + row + cols, dh.to(DX.dtype.element_ty), mask=mask)
-            tl.store(DRES + row + cols, (lam * dh).to(DRES.dtype.element_ty), mask=mask)
+            tl.store(DRES + row + cols, (lam_r * dh).to(DRES.dtype.element_ty), mask=mask)
             dlam += dh * r
             if HAS_WEIGHT:
                 dw = tl.load(PART_DW + part + cols, mask=mask, other=0.0)
@@ -266,7 +285,11 @@ def _backward_looped_kernel(DOUT, DH_IN, X, RES, LAM, W, MEAN, RSTD, DX, DRES, P
             if HAS_BIAS:
                 db = tl.load(PART_DB + part + cols, mask=mask, other=0.0)
                 tl.store(PART_DB + part + cols, db + dy, mask=mask)
-    tl.store(PART_DLAM + pid, tl.sum(dlam, axis=0))
+        if LAM_PER_ELEMENT:
+            tl.store(PART_DLAM + row_start + i, tl.sum(dlam, axis=0))
+            dlam = tl.zeros([BLOCK_D], COMPUTE)
+    if not LAM_PER_ELEMENT:
+        tl.store(PART_DLAM + pid, tl.sum(dlam, axis=0))
 
 
 def _tl_dtype(dtype: torch.dtype):
@@ -311,7 +334,9 @@ def lambda_norm_forward(x: torch.Tensor, residual: torch.Tensor, lam: torch.Tens
     """Forward launcher.
 
     Args:
-        x, residual: (n_rows, d) contiguous; lam: 0-d or (1,) tensor; weight, bias: (d,) or None.
+        x, residual: (n_rows, d) contiguous; weight, bias: (d,) or None;
+        lam: 0-d or (1,) tensor, or (batch,) contiguous with batch > 1 dividing n_rows (one λ per
+            n_rows // batch consecutive rows).
         store_h: write h in ``h_dtype``. group_rows: rows per batch element for μ (0: no μ); must divide n_rows.
         max_block_d: rows longer than this use the looped kernel; rows_per_program: rows per program.
     Returns:
@@ -320,6 +345,7 @@ def lambda_norm_forward(x: torch.Tensor, residual: torch.Tensor, lam: torch.Tens
     """
     n_rows, d = x.shape
     compute = compute_dtype(x, residual, lam, weight, bias)
+    lam_per_element = lam.numel() > 1
     want_mu = group_rows > 0
     block, num_warps, looped = _block_and_warps(d, max_block_d)
     rows = rows_per_program or _forward_rows_per_program(x.device)
@@ -338,9 +364,10 @@ def lambda_norm_forward(x: torch.Tensor, residual: torch.Tensor, lam: torch.Tens
         x, residual, lam, weight if weight is not None else x, bias if bias is not None else x, out,
         h if store_h else out, mean if norm == "layernorm" else rstd, rstd,
         part_mean if want_mu else rstd, part_m2 if want_mu else rstd,
-        n_rows, d, eps, rows_in_group, programs_per_group, rows,
+        n_rows, d, eps, rows_in_group, programs_per_group, rows, n_rows // lam.numel(),
         NORM=NORM_CODES[norm], HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, STORE_H=store_h,
-        WANT_MU=want_mu, COMPUTE=_tl_dtype(compute), BLOCK_D=block, num_warps=num_warps)
+        WANT_MU=want_mu, LAM_PER_ELEMENT=lam_per_element, COMPUTE=_tl_dtype(compute), BLOCK_D=block,
+        num_warps=num_warps)
     if want_mu:
         mu = finish_mu(part_mean.view(groups, programs_per_group, d), part_m2.view(groups, programs_per_group),
                        group_rows, rows)
@@ -356,7 +383,7 @@ def lambda_norm_backward(dout: torch.Tensor, dh: torch.Tensor | None, x: torch.T
 
     Args:
         dout: (n_rows, d) gradient of ``out``; dh: (n_rows, d) gradient of the pre-norm output h, or None;
-        x, residual, lam, weight, bias: the forward's inputs (bias only for its dtype);
+        x, residual, lam, weight, bias: the forward's inputs (bias only for its dtype; lam as in the forward);
         mean, rstd: the forward's row statistics.
     Returns:
         (dx x.dtype, dresidual residual.dtype, dlam lam's shape and dtype, dweight (d,) weight.dtype or (0,),
@@ -367,22 +394,23 @@ def lambda_norm_backward(dout: torch.Tensor, dh: torch.Tensor | None, x: torch.T
     block, num_warps, looped = _block_and_warps(d, max_block_d)
     rows = rows_per_program or _backward_rows_per_program(n_rows, x.device, num_warps)
     programs = triton.cdiv(n_rows, rows)
+    lam_per_element = lam.numel() > 1
 
     dx = torch.empty_like(x)
     dres = torch.empty_like(residual)
     has_weight, has_bias = weight is not None, bias is not None
     part_dw = torch.empty((programs, d) if has_weight else (0,), dtype=compute, device=x.device)
     part_db = torch.empty((programs, d) if has_bias else (0,), dtype=compute, device=x.device)
-    part_dlam = torch.empty((programs,), dtype=compute, device=x.device)
+    part_dlam = torch.empty((n_rows if lam_per_element else programs,), dtype=compute, device=x.device)
     kernel = _backward_looped_kernel if looped else _backward_fused_kernel
     kernel[(programs,)](
         dout, dh if dh is not None else dout, x, residual, lam, weight if has_weight else x,
         mean if norm == "layernorm" else rstd, rstd, dx, dres,
         part_dw if has_weight else part_dlam, part_db if has_bias else part_dlam, part_dlam,
-        n_rows, d, rows,
+        n_rows, d, rows, n_rows // lam.numel(),
         NORM=NORM_CODES[norm], HAS_WEIGHT=has_weight, HAS_BIAS=has_bias, HAS_DH=dh is not None,
-        COMPUTE=_tl_dtype(compute), BLOCK_D=block, num_warps=num_warps)
-    dlam = part_dlam.sum().to(lam.dtype).reshape(lam.shape)
+        LAM_PER_ELEMENT=lam_per_element, COMPUTE=_tl_dtype(compute), BLOCK_D=block, num_warps=num_warps)
+    dlam = part_dlam.view(lam.numel(), -1).sum(dim=1).to(lam.dtype).reshape(lam.shape)
     dweight = part_dw.sum(dim=0).to(weight.dtype) if has_weight else x.new_empty((0,))
     dbias = part_db.sum(dim=0).to(bias.dtype) if has_bias else x.new_empty((0,))
     return dx, dres, dlam, dweight, dbias

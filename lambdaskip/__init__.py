@@ -1,15 +1,14 @@
 """lambdaskip: λ-skip sequence layers, rank-collapse metrics and fast kernels.
 
 A λ-skip layer computes ``Y_{k+1} = Norm(M_k V_k + λ·Y_k)``; the rank-collapse metric is
-``μ(Y) = ‖Y − 1·ȳᵀ‖_F``. Importing this package compiles nothing and needs no GPU.
+``μ(Y) = ‖Y − 1·ȳᵀ‖_F``. Importing this package compiles nothing, needs no GPU and does not import the
+transformers adapter (``retrofit`` and ``restore`` load :mod:`lambdaskip.hf` on first use).
 """
 from lambdaskip import metrics, ops, reference
-from lambdaskip.hf import restore, retrofit
+from lambdaskip.common import __version__
 from lambdaskip.metrics import CollapseProbe, effective_rank, mu, normalized_mu
 from lambdaskip.modules import (AttentionMixer, IdentityMixer, LambdaSkip, LambdaSkipBlock, LTIMixer,
                                 Mamba2Mixer, S4DMixer, build_stack)
-
-__version__ = "0.1.0"
 
 
 def extension_status() -> str:
@@ -19,8 +18,15 @@ def extension_status() -> str:
     return status()
 
 
+def __getattr__(name: str):
+    if name in ("retrofit", "restore"):
+        from lambdaskip import hf
+        return getattr(hf, name)
+    raise AttributeError(f"module 'lambdaskip' has no attribute {name!r}")
+
+
 __all__ = [
     "AttentionMixer", "CollapseProbe", "IdentityMixer", "LTIMixer", "LambdaSkip", "LambdaSkipBlock",
     "Mamba2Mixer", "S4DMixer", "build_stack", "effective_rank", "extension_status", "metrics", "mu", "normalized_mu", "ops",
-    "reference", "restore", "retrofit",
+    "reference", "restore", "retrofit", "__version__",
 ]

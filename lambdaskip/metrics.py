@@ -6,15 +6,37 @@ tensor of shape (..., seqlen, d_model) to one value per leading index.
 - μ(Y) = ‖Y − 1·ȳᵀ‖_F with ȳ the mean token: 0 exactly when all tokens are equal.
 - normalised μ = μ(Y) / ‖Y‖_F ∈ [0, 1]: what the paper plots.
 - effective rank = exp(entropy of σ/Σσ) over the singular values σ (Roy & Vetterli, 2007).
+
+Telemetry (the probe below, :attr:`lambdaskip.modules.LambdaSkip.track_mu`) records only while
+:func:`telemetry_active`: activation checkpointing re-runs blocks during the backward inside
+:func:`telemetry_paused`, so each layer is recorded once per step, from the forward.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import threading
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
 
-METRICS = ("mu", "normalized_mu", "effective_rank")
+
+_telemetry = threading.local()  # per thread: a CUDA backward (and with it a recomputation) runs on its own
+
+
+@contextlib.contextmanager
+def telemetry_paused() -> Iterator[None]:
+    """Within the block (in this thread), μ telemetry records nothing; blocks nest."""
+    _telemetry.paused = getattr(_telemetry, "paused", 0) + 1
+    try:
+        yield
+    finally:
+        _telemetry.paused -= 1
+
+
+def telemetry_active() -> bool:
+    """False inside :func:`telemetry_paused` (e.g. while activation checkpointing recomputes a block)."""
+    return not getattr(_telemetry, "paused", 0)
 
 
 def _as_tokens(y: torch.Tensor, name: str = "y") -> torch.Tensor:
@@ -71,7 +93,9 @@ def effective_rank(y: torch.Tensor) -> torch.Tensor:
     return torch.where(total.squeeze(-1) > 0, entropy.exp(), torch.zeros_like(entropy))
 
 
-_METRIC_FUNCTIONS = {"mu": mu, "normalized_mu": normalized_mu, "effective_rank": effective_rank}
+# The metrics by name: what CollapseProbe and the studies record.
+METRIC_FUNCTIONS = {"mu": mu, "normalized_mu": normalized_mu, "effective_rank": effective_rank}
+METRICS = tuple(METRIC_FUNCTIONS)
 
 
 class CollapseProbe:
@@ -97,18 +121,20 @@ class CollapseProbe:
         if not self.modules:
             raise ValueError("modules must name at least one module to probe")
         self.metrics = tuple(metrics)
-        unknown = [m for m in self.metrics if m not in _METRIC_FUNCTIONS]
+        unknown = [m for m in self.metrics if m not in METRIC_FUNCTIONS]
         if unknown:
             raise ValueError(f"metrics must be among {METRICS}, got {unknown}")
         self._handles = []
         self._records: dict[tuple[int, str], torch.Tensor] = {}
 
     def _record(self, layer: int, y) -> None:
+        if not telemetry_active():
+            return
         if isinstance(y, tuple):
             y = y[0]
         with torch.no_grad():
             for name in self.metrics:
-                self._records[(layer, name)] = _METRIC_FUNCTIONS[name](y.detach()).reshape(-1).cpu()
+                self._records[(layer, name)] = METRIC_FUNCTIONS[name](y.detach()).reshape(-1).cpu()
 
     def __enter__(self) -> "CollapseProbe":
         self._records.clear()

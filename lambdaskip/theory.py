@@ -9,7 +9,8 @@ norm; Frobenius is a valid, more conservative alternative), a ∈ (0, 1) the tol
 - The proof's one-layer step (:func:`one_layer_bound`), for ℓ2-normalised rows of Y_k:
   ``μ(Y_{k+1})² ≥ (λ² μ(Y_k)² − 2|λ|·N·d·S·C_M) / (S·C_M + |λ|)²``.
 
-What M and C_V are for each of our mixers (:func:`mixer_constants`) — read ``form`` before trusting a bound:
+What M and C_V are for each of our mixers — each states them itself (``mixer.theorem_constants(y)``, read by
+:func:`mixer_constants`); read ``form`` before trusting a bound:
 
 - ``IdentityMixer``: M = I, C_V = I. Form ``"exact"``.
 - ``AttentionMixer``: M_h = softmax map of head h (materialised), C_V,h = W_V,hᵀ W_O,hᵀ (the head's value
@@ -31,16 +32,20 @@ Bounds are exact statements only for ``norm="l2"`` with form ``"exact"`` (or ``"
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from lambdaskip.common import check_finite_float
 from lambdaskip.metrics import mu
-from lambdaskip.modules import AttentionMixer, IdentityMixer, LambdaSkipBlock, LTIMixer, Mamba2Mixer, S4DMixer
-from lambdaskip.ops._checks import check_finite_float
+from lambdaskip.modules import LambdaSkipBlock
+from lambdaskip.modules.constants import FORMS, MixerConstants, lti_frobenius, lti_matrix
 
-FORMS = ("exact", "bounded", "approximate")
+__all__ = ["FORMS", "Certificate", "LayerReport", "LayerTrace", "MixerConstants", "a_max", "certify", "eq7_holds",
+           "eq7_margin", "input_threshold_b", "lambda_min", "lti_frobenius", "lti_matrix", "mixer_constants",
+           "one_layer_bound", "trace_blocks"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -125,132 +130,38 @@ def one_layer_bound(mu_sq: float, lam: float, N: int, d: int, S: float, C_M: flo
 # Constants of live mixers
 # ---------------------------------------------------------------------------------------------------------
 
-def lti_matrix(K: torch.Tensor, D: torch.Tensor | None = None) -> torch.Tensor:
-    """The materialised mixing matrices of a per-channel causal convolution.
+def mixer_constants(mixer: nn.Module, y: torch.Tensor) -> MixerConstants:
+    """C_M (per batch element) and S of ``mixer`` at its input ``y`` (batch, N, d_model): what the mixer's
+    own ``theorem_constants(y)`` states (see the module docstring), computed without gradients.
 
-    Args:
-        K: (channels, N) kernels; D: optional (channels,) feed-through, added on the diagonal.
-    Returns:
-        (channels, N, N) lower-triangular Toeplitz, M[c, i, j] = K[c, i − j] (+ D[c] if i = j).
+    Raises:
+        TypeError: a mixer without a ``theorem_constants`` method.
     """
-    N = K.shape[-1]
-    lag = torch.arange(N, device=K.device)[:, None] - torch.arange(N, device=K.device)[None, :]
-    M = K[:, lag.clamp_min(0)] * (lag >= 0)
-    if D is not None:
-        M = M + torch.diag_embed(D[:, None].expand(-1, N).to(M.dtype))
-    return M
-
-
-def lti_frobenius(K: torch.Tensor, D: torch.Tensor | None = None) -> torch.Tensor:
-    """‖M_c‖_F of :func:`lti_matrix` without materialising it: √(Σ_ℓ (N − ℓ)·K'_ℓ²), K'_0 = K_0 + D.
-
-    Args:
-        K: (channels, N); D: optional (channels,).
-    Returns:
-        (channels,) in K's dtype (at least float32).
-    """
-    K = K.double() if K.dtype == torch.float64 else K.float()
-    if D is not None:
-        K = torch.cat([K[:, :1] + D[:, None].to(K.dtype), K[:, 1:]], dim=1)
-    N = K.shape[-1]
-    weights = torch.arange(N, 0, -1, dtype=K.dtype, device=K.device)
-    return (K.square() * weights).sum(dim=-1).sqrt()
+    method = getattr(mixer, "theorem_constants", None)
+    if not callable(method):
+        raise TypeError(f"mixer_constants does not know mixers of type {type(mixer).__name__}: it has no "
+                        f"theorem_constants(y) method")
+    with torch.no_grad():
+        return method(y)
 
 
 @dataclass
-class MixerConstants:
-    """Theorem 4.1's constants of one mixer on one input batch.
-
-    C_M: (batch,) max over heads/channels of ‖M‖_F; S, S_frob: spectral and Frobenius bounds on C_V;
-    form: ``"exact"`` / ``"bounded"`` / ``"approximate"`` (see the module docstring); note: what was
-    assumed; S_projections: for Mamba-2, ‖W_x‖·‖W_O‖ (reported, not used).
-    """
-    C_M: torch.Tensor
-    S: float
-    S_frob: float
-    form: str
-    note: str
-    S_projections: float | None = None
+class LayerTrace:
+    """One block of :func:`trace_blocks`: its mixer's constants at the block's input, and its output."""
+    constants: MixerConstants
+    output: torch.Tensor
 
 
-def _spectral(W: torch.Tensor) -> float:
-    return torch.linalg.matrix_norm(W.detach().double(), ord=2).item()
-
-
-def _frobenius(W: torch.Tensor) -> float:
-    return torch.linalg.matrix_norm(W.detach().double()).item()
-
-
-def _attention_constants(mixer: AttentionMixer, y: torch.Tensor) -> MixerConstants:
-    d, h = mixer.d_model, mixer.n_heads
-    head = d // h
-    W_v = mixer.qkv.weight[2 * d:].detach().double()                        # (d, d): V = Y W_vᵀ
-    has_out = isinstance(mixer.out_proj, nn.Linear)
-    W_o = mixer.out_proj.weight.detach().double() if has_out else torch.eye(d, dtype=torch.float64)
-    values = [(W_o[:, i * head:(i + 1) * head] @ W_v[i * head:(i + 1) * head]).T for i in range(h)]
-    M = mixer.mixing_matrix(y).double()                                      # (b, h, N, N)
-    has_bias = mixer.qkv.bias is not None or (has_out and mixer.out_proj.bias is not None)
-    form = "approximate" if has_bias else ("exact" if h == 1 else "bounded")
-    return MixerConstants(
-        C_M=torch.linalg.matrix_norm(M).amax(dim=1), S=sum(_spectral(C) for C in values),
-        S_frob=sum(_frobenius(C) for C in values), form=form,
-        note=f"M = softmax maps ({h} head(s)), C_V = W_V,hᵀ W_O,hᵀ" + ("; biases ignored" if has_bias else ""))
-
-
-def _lti_constants(K: torch.Tensor, D, batch: int, S: float, S_frob: float, form: str, note: str):
-    C_M = lti_frobenius(K.detach(), None if D is None else D.detach()).max()
-    return MixerConstants(C_M=C_M.expand(batch).clone(), S=S, S_frob=S_frob, form=form, note=note)
-
-
-def _s4d_constants(mixer: S4DMixer, y: torch.Tensor) -> MixerConstants:
-    has_out = isinstance(mixer.out_proj, nn.Linear)
-    S, S_frob = ((_spectral(mixer.out_proj.weight), _frobenius(mixer.out_proj.weight)) if has_out
-                 else (1.0, math.sqrt(mixer.d_model)))
-    pure = mixer.activation is None and not has_out
-    return _lti_constants(mixer.kernel(y.shape[1]), mixer.D, y.shape[0], S, S_frob,
-                          "bounded" if pure else "approximate",
-                          "M_c = Toeplitz(K_c) + D_c·I per channel, C_V = " + ("W_Oᵀ" if has_out else "I")
-                          + ("" if pure else "; activation/out_proj bias ignored"))
-
-
-def _mamba2_constants(mixer: Mamba2Mixer, y: torch.Tensor) -> MixerConstants:
-    M = mixer.mixing_matrix(y, include_D=mixer.D.dim() == 1)                 # (b, h, N, N)
-    if mixer.D.dim() == 1:
-        C_M = torch.linalg.matrix_norm(M).amax(dim=1)
-    else:  # ‖M + D I‖_F² = ‖M‖_F² + 2D·tr(M) + N·D², per (head, channel)
-        D = mixer.D.detach().double()                                        # (h, p)
-        sq = (torch.linalg.matrix_norm(M).square()[..., None] + 2 * D * M.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None]
-              + y.shape[1] * D.square())
-        C_M = sq.flatten(1).amax(dim=1).sqrt()
-    W_x = mixer.in_proj.weight[mixer.d_inner:2 * mixer.d_inner]
-    return MixerConstants(
-        C_M=C_M, S=1.0, S_frob=math.sqrt(mixer.d_model), form="approximate",
-        S_projections=_spectral(W_x) * _spectral(mixer.out_proj.weight),
-        note="M = SSD matrix of the inner sequence (D on the diagonal), C_V = I (paper); in_proj, conv, silu, "
-             "gate, inner norm and out_proj are outside the theory")
-
-
-def mixer_constants(mixer: nn.Module, y: torch.Tensor) -> MixerConstants:
-    """C_M (per batch element) and S of ``mixer`` at its input ``y`` (batch, N, d_model).
-
-    Raises:
-        TypeError: a mixer kind the theory module does not know.
-    """
+def trace_blocks(blocks, y: torch.Tensor) -> Iterator[LayerTrace]:
+    """Run ``blocks`` in order on ``y`` (batch, N, d_model) without gradients, measuring each block's mixer
+    constants (:func:`mixer_constants`) at its input before the block runs. The one loop over blocks that
+    :func:`certify` and the collapse study share. Yields one :class:`LayerTrace` per block, lazily: a
+    caller that keeps only what it measures holds one layer's activations at a time, whatever the depth."""
     with torch.no_grad():
-        if isinstance(mixer, IdentityMixer):
-            N = y.shape[1]
-            return MixerConstants(C_M=torch.full((y.shape[0],), math.sqrt(N), dtype=torch.float64), S=1.0,
-                                  S_frob=math.sqrt(mixer.d_model), form="exact", note="M = I, C_V = I")
-        if isinstance(mixer, AttentionMixer):
-            return _attention_constants(mixer, y)
-        if isinstance(mixer, S4DMixer):
-            return _s4d_constants(mixer, y)
-        if isinstance(mixer, LTIMixer):
-            return _lti_constants(mixer.kernel(y.shape[1]), None, y.shape[0], 1.0, math.sqrt(mixer.d_model),
-                                  "bounded", "M_c = Toeplitz(K_c) per channel, C_V = I")
-        if isinstance(mixer, Mamba2Mixer):
-            return _mamba2_constants(mixer, y)
-    raise TypeError(f"mixer_constants does not know mixers of type {type(mixer).__name__}")
+        for block in blocks:
+            constants = mixer_constants(block.mixer, y)
+            y = block(y)
+            yield LayerTrace(constants, y)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -355,16 +266,13 @@ def certify(model, inputs: torch.Tensor, a: float = 0.99) -> Certificate:
     norms = {block.skip.norm for block in blocks}
     y = inputs / torch.linalg.vector_norm(inputs, dim=-1, keepdim=True).clamp_min(torch.finfo(inputs.dtype).tiny)
     mus, layers = [mu(y).double()], []
-    with torch.no_grad():
-        for k, block in enumerate(blocks, start=1):
-            c = mixer_constants(block.mixer, y)
-            lam = float(block.skip.lam)
-            C_M = float(c.C_M.max())
-            layers.append(LayerReport(layer=k, lam=lam, C_M=C_M, S=c.S, S_frob=c.S_frob, form=c.form, note=c.note,
-                                      eq7=eq7_holds(lam, a, c.S, C_M), a_max=a_max(lam, c.S, C_M),
-                                      lambda_min=lambda_min(a, c.S, C_M)))
-            y = block(y)
-            mus.append(mu(y).double())
+    for k, (block, trace) in enumerate(zip(blocks, trace_blocks(blocks, y)), start=1):
+        c, lam = trace.constants, float(block.skip.lam)
+        C_M = float(c.C_M.max())
+        layers.append(LayerReport(layer=k, lam=lam, C_M=C_M, S=c.S, S_frob=c.S_frob, form=c.form, note=c.note,
+                                  eq7=eq7_holds(lam, a, c.S, C_M), a_max=a_max(lam, c.S, C_M),
+                                  lambda_min=lambda_min(a, c.S, C_M)))
+        mus.append(mu(trace.output).double())
     measured = torch.stack(mus)
     theorem = torch.zeros_like(measured)
     iterated = torch.zeros_like(measured)

@@ -46,3 +46,20 @@ def test_attention_rejects_bad_input():
         ops.attention(q, q, q, backend="cudnn")
     with pytest.raises(ValueError, match="attention has no 'triton' backend"):
         ops.attention(q, q, q, backend="triton")
+
+
+def test_auto_is_sdpa_unless_the_reference_is_preferred(monkeypatch):
+    q, k, v = (torch.randn(1, 2, 5, 4, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    calls = []
+    monkeypatch.setattr(reference, "attention", lambda *a, **kw: calls.append("reference") or torch.zeros_like(q))
+    ops.attention(q, k, v)
+    assert calls == []
+    with ops.prefer_backend("reference"):
+        ops.attention(q, k, v)
+    ops.attention(q, k, v, backend="reference")
+    assert calls == ["reference", "reference"]
+    with pytest.warns(DeprecationWarning, match="sdpa"):
+        ops.attention(q, k, v, backend="sdpa")
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match="backend"):
+        ops.attention(q, k, v, backend="triton")

@@ -67,7 +67,7 @@ CASES = [
     ("lambda_norm", "x", lambda x: x.int(), TypeError),
     ("lambda_norm", "residual", shrink, ValueError),
     ("lambda_norm", "lam", lambda _: "0.5", TypeError),
-    ("lambda_norm", "lam", lambda _: torch.ones(2), ValueError),
+    ("lambda_norm", "lam", lambda _: torch.ones(3), ValueError),
     ("lambda_norm", "weight", shrink, ValueError),
     ("lambda_norm", "weight", lambda w: w.bool(), TypeError),
     ("lambda_norm", "bias", shrink, ValueError),

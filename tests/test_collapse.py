@@ -1,4 +1,5 @@
 """The collapse study: its invariants on small settings, its outputs, its inputs, its errors."""
+import argparse
 import csv
 import json
 import os
@@ -6,10 +7,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from lambdaskip.cli import collapse as collapse_cli
 from lambdaskip.cli import main
-from lambdaskip.experiments import collapse, plots
-from lambdaskip.experiments import text as text_inputs
+from lambdaskip.studies import collapse
+from lambdaskip.studies.collapse import plots
+from lambdaskip.studies.collapse import text as text_inputs
 
 SMALL = ["--depth", "3", "--d-model", "16", "--seqlen", "12", "--excerpts", "2", "--no-progress"]
 
@@ -36,7 +40,8 @@ def test_cli_writes_every_output_and_a_rerun_reproduces_the_numbers(tmp_path, ca
     printed = capsys.readouterr().out
     assert "Theorem 4.1" in printed and "certified" in printed and "mamba2, gating off" in printed
     files = sorted(os.listdir(tmp_path / "a"))
-    assert files == sorted(collapse.RESULT_FILES if plots.available() else ["results.csv", "results.json"])
+    assert files == sorted(collapse.RESULT_FILES if plots.available() else
+                           ["depth_of_collapse.csv", "results.csv", "results.json"])
     results = json.loads((tmp_path / "a" / "results.json").read_text())
     assert results["config"]["lams"] == [-1.0, 0.0, 2.0] and results["versions"]["torch"]
     assert results["input"]["kind"] == "text" and results["input"]["sequences"] == 2
@@ -49,6 +54,64 @@ def test_cli_writes_every_output_and_a_rerun_reproduces_the_numbers(tmp_path, ca
     if plots.available():
         png = (tmp_path / "a" / "mu_per_layer.png").read_bytes()
         assert png.startswith(b"\x89PNG")
+
+
+def test_one_pass_sweep_equals_one_stack_per_lambda():
+    """The sweep's λ values as batch slices of one stack give the numbers of one stack per λ, to float32
+    rounding: a larger batch may block a matmul's sums differently (on the default study the two agree bit for
+    bit; at these tiny sizes Mamba-2's μ differs in the 7th digit). 1e-5 is ~100 float32 ulps, far below the
+    difference between neighbouring λ values."""
+    config = collapse.StudyConfig(depth=4, d_model=16, seqlen=12, excerpts=2, lams=[-1.0, 0.0, 0.5, 3.0])
+    inputs, _ = collapse.make_inputs(config, seed=0)
+    for variant in collapse.variants(config):
+        swept = collapse.run_sweep(config, variant, 0, inputs)
+        assert [run["lam"] for run in swept] == config.lams
+        for run in swept:
+            alone = collapse.run_one(config, variant, run["lam"], 0, inputs)
+            for key in ("normalized_mu", "mu", "C_M"):
+                got, want = torch.tensor(run[key]), torch.tensor(alone[key])
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=0, msg=f"{variant.label}, λ={run['lam']}, {key}")
+            assert run["S"] == alone["S"] and run["form"] == alone["form"]
+
+
+def test_depth_of_collapse_is_the_first_layer_below_the_threshold():
+    assert collapse.first_layer_below([1.0, 0.5, 0.009, 0.001], 1e-2) == 2
+    assert collapse.first_layer_below([0.001, 0.5, 0.2], 1e-2) is None   # layer 0 (the input) never counts
+    config = collapse.StudyConfig(collapse_threshold=0.3)
+    runs = [{"variant": "v", "lam": lam, "normalized_mu": [[0.9, 0.7], [0.4, 0.3], [value, value]], "mu": [[1.0]] * 3}
+            for lam, value in ((0.0, 0.1), (2.0, 0.6))]
+    rows = collapse.summarize(config, runs)
+    assert [(r["collapse_depth"], r["half_depth"]) for r in rows] == [(2, 1), (None, 1)]
+
+
+def test_trace_blocks_keeps_no_activations_of_earlier_layers():
+    """Memory flat in depth: the study's layer loop lets each layer's output go once it has been measured."""
+    import weakref
+
+    from lambdaskip import theory
+    from lambdaskip.modules import build_stack
+    stack = build_stack("attention", 6, 16, seed=0)
+    traces = theory.trace_blocks(stack.blocks, torch.randn(2, 9, 16))
+    first = weakref.ref(next(traces).output)
+    next(traces)
+    assert first() is None
+
+
+def test_deep_study_writes_the_depth_of_collapse(tmp_path, capsys):
+    argv = ["collapse", "--preset", "deep", "--depth", "40", "--lams", "0", "1", "10", "--d-model", "16",
+            "--seqlen", "12", "--excerpts", "2", "--no-progress", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "collapsed@" in printed and "never" in printed
+    with open(tmp_path / "depth_of_collapse.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["variant"], float(r["lam"])) for r in rows][:3] == [("attention, norm layernorm", lam)
+                                                                   for lam in (0.0, 1.0, 10.0)]
+    attention = {float(r["lam"]): r for r in rows if r["variant"].startswith("attention")}
+    assert 1 <= int(attention[0.0]["collapse_depth"]) <= 40     # no skip: attention collapses within the depth
+    assert attention[10.0]["collapse_depth"] == ""              # a large λ holds μ up: "never"
+    if plots.available():
+        assert (tmp_path / "depth_of_collapse.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_a_finished_run_is_not_overwritten_silently(tmp_path, capsys):
@@ -68,7 +131,7 @@ def test_without_matplotlib_the_pngs_are_skipped_with_a_notice(tmp_path, capsys,
     monkeypatch.setattr(plots, "available", lambda: False)
     assert main(["collapse", "--archs", "s4d", "--lams", "0", *SMALL, "--out", str(tmp_path)]) == 0
     assert "matplotlib is not installed" in capsys.readouterr().out
-    assert sorted(os.listdir(tmp_path)) == ["results.csv", "results.json"]
+    assert sorted(os.listdir(tmp_path)) == ["depth_of_collapse.csv", "results.csv", "results.json"]
 
 
 def test_gaussian_input_user_text_and_norm_variants(tmp_path):
@@ -90,16 +153,17 @@ def test_gaussian_input_user_text_and_norm_variants(tmp_path):
 @pytest.mark.parametrize("preset, expected", [
     ("lambda-sweep", {"archs": ["attention", "mamba2"], "depth": 64, "gating": [False]}),
     ("gating", {"archs": ["mamba2"], "gating": [True, False], "norms": ["rmsnorm", None], "lams": [0.0, 1.0]}),
+    ("deep", {"archs": ["attention", "mamba2", "s4d"], "depth": 1024, "gating": [False]}),
 ])
 def test_presets_fill_unset_options_only(preset, expected):
-    parser = collapse.argparse.ArgumentParser()
-    collapse.add_arguments(parser)
-    config = collapse.config_from_args(parser.parse_args(["--preset", preset, "--d-model", "16"]))
+    parser = argparse.ArgumentParser()
+    collapse_cli.add_arguments(parser)
+    config = collapse_cli.config_from_args(parser.parse_args(["--preset", preset, "--d-model", "16"]))
     for name, value in expected.items():
         assert getattr(config, name) == value
     assert config.d_model == 16 and config.preset == preset
-    assert len(collapse.variants(config)) == (4 if preset == "gating" else 2)
-    config = collapse.config_from_args(parser.parse_args(["--preset", preset, "--depth", "5"]))
+    assert len(collapse.variants(config)) == {"gating": 4, "deep": 3}.get(preset, 2)
+    config = collapse_cli.config_from_args(parser.parse_args(["--preset", preset, "--depth", "5"]))
     assert config.depth == 5
 
 
@@ -111,6 +175,7 @@ def test_presets_fill_unset_options_only(preset, expected):
     (["--text", "/nonexistent/dir/file.txt"], "cannot read text file"),
     (["--seqlen", "500"], "shorter than the requested 500 tokens"),
     (["--rate-a", "1"], "rate-a must lie in (0, 1)"),
+    (["--collapse-threshold", "0"], "collapse-threshold must lie in (0, 1)"),
     (["--norm", "batchnorm"], "norm must be among"),
 ])
 def test_bad_input_gives_one_line_error_and_nonzero_exit(tmp_path, capsys, args, message):

@@ -83,7 +83,14 @@ def test_validation_names_the_argument():
         (dict(eps=0.0), ValueError, "eps"),
         (dict(eps=-1e-5), ValueError, "eps"),
         (dict(norm="batchnorm"), ValueError, "norm"),
-        (dict(lam=torch.ones(2)), ValueError, "lam"),
+        (dict(lam=torch.ones(3)), ValueError, "lam"),
+        (dict(lam=torch.ones(2, 1)), ValueError, "lam"),
+        (dict(x=x[0, 0], residual=res[0, 0], lam=torch.ones(12)), ValueError, "lam"),
+        (dict(lam=torch.tensor(float("nan"))), ValueError, "lam must be finite"),
+        (dict(lam=torch.tensor([0.5, float("-inf")])), ValueError, "lam must be finite"),
+        (dict(lam=float("nan")), ValueError, "lam must be finite"),
+        (dict(lam=None), TypeError, "lam"),
+        (dict(lam=[0.5, 1.0]), TypeError, "lam"),
         (dict(lam=torch.tensor(1)), TypeError, "lam"),
         (dict(lam=float("inf")), ValueError, "lam"),
         (dict(lam="1"), TypeError, "lam"),
@@ -241,12 +248,15 @@ def test_triton_mu_keeps_accuracy_when_tokens_nearly_collapse():
     assert (naive.double() - exact).abs().max() / exact.abs().max() > 10 * 1e-4  # the test can tell
 
 
+@pytest.mark.parametrize("per_element", [False, True])
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm", "l2"])
-def test_looped_kernels_match_reference(norm):
-    """Rows longer than the block limit: force a 16-column block so d = 61 takes four chunks, the last partial."""
+def test_looped_kernels_match_reference(norm, per_element):
+    """Rows longer than the block limit: force a 16-column block so d = 61 takes four chunks, the last
+    partial. Programs of 2 (forward) and 4 (backward) rows straddle the 5-row batch elements of a
+    per-element λ."""
     from lambdaskip.kernels.lambda_norm import lambda_norm_backward, lambda_norm_forward
     x, res, _, w, b = make_inputs((3, 5, 61), seed=10, bias=norm == "layernorm")
-    lam = torch.tensor(-1.5)
+    lam = torch.tensor([-1.5, 0.5, 2.0]) if per_element else torch.tensor(-1.5)
     x2, res2 = x.reshape(15, 61), res.reshape(15, 61)
     out, h, mean, rstd, mu = lambda_norm_forward(x2, res2, lam, w, b, 1e-5, norm, True, torch.float32, 5,
                                                  max_block_d=16, rows_per_program=2)
@@ -327,6 +337,93 @@ def test_torch_compile_fullgraph(compiler):
 def test_auto_backend_on_cpu_is_the_reference():
     x, res, lam, w, b = make_inputs((2, 5, 24), seed=15)
     assert torch.equal(lambda_norm(x, res, lam, w, b), reference_lambda_norm(x, res, lam, w, b))
+
+
+# ---------------------------------------------------------------- one λ per batch element
+
+PER_ELEMENT_CASES = [  # (shape, dtype, norm, prenorm, seed): odd d, elements of 5 / 3 / 21 rows
+    ((3, 5, 60), torch.float32, "layernorm", True, 20),
+    ((4, 3, 100), torch.float16, "rmsnorm", False, 21),
+    ((2, 3, 7, 24), torch.float32, "l2", True, 22),
+    ((3, 5, 60), torch.float64, "layernorm", True, 23),
+]
+
+
+def per_element_and_separate(shape, dtype, norm, prenorm, seed, backend):
+    """(per-element results, separate float64 reference results): each a list [out, (h,) mu, dx, dres, dλ, dw(, db)].
+
+    The separate calls run one λ each on one batch element; their dweight / dbias are summed over elements
+    and their μ / dλ stacked."""
+    x, res, _, w, b = make_inputs(shape, dtype, seed=seed, bias=norm == "layernorm")
+    batch = shape[0]
+    lam = torch.linspace(-2.0, 1.5, batch, dtype=dtype if dtype != torch.float16 else torch.float32)
+    g = torch.Generator().manual_seed(seed + 1)
+    out_grad = torch.randn(shape, generator=g, dtype=torch.float64)
+    h_grad = torch.randn(shape, generator=g, dtype=torch.float64)
+    inputs = [t.requires_grad_(True) if t is not None else None for t in (x, res, lam, w, b)]
+
+    def call(t, backend, og, hg):
+        results = lambda_norm(*t, 1e-5, norm=norm, prenorm=prenorm, return_mu=True, backend=backend)
+        out, h, mu = (results[0], results[1], results[2]) if prenorm else (results[0], None, results[1])
+        loss = (out.double() * og).sum() + (0 if h is None else (h.double() * hg).sum())
+        grads = torch.autograd.grad(loss, [v for v in t if v is not None])
+        return [out] + ([h] if prenorm else []) + [mu] + list(grads)
+
+    got = call(inputs, backend, out_grad, h_grad)
+    parts = []
+    for i in range(batch):
+        t = [x[i], res[i], lam[i], w, b]
+        t = [v.detach().double().requires_grad_(True) if v is not None else None for v in t]
+        parts.append(call(t, "reference", out_grad[i], h_grad[i]))
+    n_per_element = 5 + prenorm  # out, (h,) mu, dx, dres, dλ are per element; dweight, dbias are sums
+    want = [torch.stack([p[k] for p in parts]) for k in range(n_per_element)]
+    want += [sum(p[k] for p in parts) for k in range(n_per_element, len(parts[0]))]
+    return got, want
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("case", range(len(PER_ELEMENT_CASES)))
+def test_per_element_lam_matches_separate_calls(case, backend):
+    shape, dtype, norm, prenorm, seed = PER_ELEMENT_CASES[case]
+    got, want = per_element_and_separate(shape, dtype, norm, prenorm, seed, backend)
+    names = ["out"] + (["h"] if prenorm else []) + ["mu", "dx", "dresidual", "dlam", "dweight", "dbias"]
+    for name, g, w in zip(names, got, want):
+        assert g.shape == w.shape, name
+        assert_close(g, w, dtype, what=name)
+    assert got[names.index("dlam")].shape == (shape[0],)
+
+
+def test_per_element_lam_backward_is_deterministic_and_equal_lams_match_one_lam():
+    x, res, _, w, b = make_inputs((3, 7, 60), seed=24)
+    lam = torch.full((3,), 0.7, requires_grad=True)
+    inputs = [x.requires_grad_(True), res.requires_grad_(True), lam, w.requires_grad_(True), b.requires_grad_(True)]
+    runs = [torch.autograd.grad(lambda_norm(*inputs, backend="triton").square().sum(), inputs) for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    one = torch.tensor(0.7, requires_grad=True)
+    scalar = torch.autograd.grad(lambda_norm(x, res, one, w, b, backend="triton").square().sum(), [x, res, one])
+    assert torch.equal(runs[0][0], scalar[0]) and torch.equal(runs[0][1], scalar[1])
+    assert_close(runs[0][2].sum(), scalar[2], what="dlam summed over elements")
+
+
+def test_per_element_lam_opcheck_and_compile():
+    from lambdaskip.ops.lambda_norm import lambda_norm_bwd, lambda_norm_fwd
+    x, res, _, w, b = make_inputs((6, 12), seed=25)
+    lam = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
+    quick = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(lambda_norm_fwd, (x, res, lam, w, b, 1e-5, "layernorm", True, False, 2), test_utils=quick)
+    out, h, mean, rstd, mu = lambda_norm_fwd(x, res, lam, w, b, 1e-5, "layernorm", True, False, 2)
+    args = (torch.randn(6, 12), torch.randn(6, 12), x, res, lam.detach(), w, b, mean, rstd, "layernorm")
+    torch.library.opcheck(lambda_norm_bwd, args, test_utils=quick)
+    x3, res3 = x.reshape(3, 2, 12).requires_grad_(True), res.reshape(3, 2, 12)
+    compiled = torch.compile(small_block, fullgraph=True, backend="aot_eager")
+    loss, mu = compiled(x3, res3, lam, w, "triton")
+    grads = torch.autograd.grad(loss, [x3, lam])
+    ref_loss, ref_mu = small_block(x3, res3, lam, w, "reference")
+    ref_grads = torch.autograd.grad(ref_loss, [x3, lam])
+    assert_close(loss, ref_loss, what="loss")
+    assert_close(mu, ref_mu, what="mu")
+    for got, want in zip(grads, ref_grads):
+        assert_close(got, want, what="grad")
 
 
 # ---------------------------------------------------------------- GPU, realistic sizes

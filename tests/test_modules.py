@@ -7,7 +7,7 @@ from lambdaskip import LambdaSkip, LambdaSkipBlock, build_stack
 from lambdaskip.modules import AttentionMixer, IdentityMixer, LTIMixer, Mamba2Mixer, S4DMixer
 
 SMALL_MIXER_KWARGS = {
-    "attention": {"n_heads": 2},
+    "attention": {"nheads": 2},
     "mamba2": {"headdim": 8, "d_state": 16, "chunk_size": 16},
     "s4d": {"d_state": 8},
     "lti": {"kernel_size": 8},
@@ -103,7 +103,7 @@ def test_mamba2_gating_ablation_changes_the_output():
 
 
 def test_attention_mixer_is_causal():
-    mixer = AttentionMixer(16, n_heads=2, causal=True)
+    mixer = AttentionMixer(16, nheads=2, causal=True)
     y = tokens()
     y2 = y.clone()
     y2[:, -1] += 1.0
@@ -125,7 +125,7 @@ def test_lti_mixer_is_causal_convolution():
 
 
 def test_compiled_stack_matches_eager():
-    stack = build_stack("attention", depth=4, d_model=16, lam=2.0, seed=0, n_heads=2)
+    stack = build_stack("attention", depth=4, d_model=16, lam=2.0, seed=0, nheads=2)
     y = tokens()
     compiled = torch.compile(stack, fullgraph=True)
     torch.testing.assert_close(compiled(y), stack(y), rtol=1e-5, atol=1e-5)
@@ -176,3 +176,71 @@ def test_l2_norm_rows_have_unit_length():
     skip = LambdaSkip(16, lam=2.0, norm="l2")
     out = skip(tokens(seed=1), tokens(seed=2))
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(2, 11), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm", "l2", None])
+def test_lambda_skip_with_k_lams_matches_k_separate_skips(norm):
+    """K = 3 values of λ on a batch of 3 slices of 2: outputs, every gradient (dλ per value) and μ telemetry
+    agree with three one-λ skips on their slices."""
+    from lambdaskip.metrics import mu
+    lams = [-1.0, 0.5, 2.0]
+    sweep = LambdaSkip(16, lam=lams, learnable=True, norm=norm)
+    sweep.track_mu = True
+    mixer_out, residual = tokens(b=6, seed=1), tokens(b=6, seed=2)
+    out = sweep(mixer_out, residual)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+    grads = torch.autograd.grad((out * weights).sum(), list(sweep.parameters()))
+    assert sweep.lam.shape == (3,) and "lam=[-1, 0.5, 2]" in repr(sweep)
+    shared = [torch.zeros_like(g) for g in grads[1:]]  # the affine parameters: gradients sum over slices
+    for k, lam in enumerate(lams):
+        one = LambdaSkip(16, lam=lam, learnable=True, norm=norm)
+        part = slice(2 * k, 2 * k + 2)
+        out_k = one(mixer_out[part], residual[part])
+        grads_k = torch.autograd.grad((out_k * weights[part]).sum(), list(one.parameters()))
+        torch.testing.assert_close(out[part], out_k, rtol=0, atol=0)
+        torch.testing.assert_close(grads[0][k], grads_k[0])
+        shared = [acc + g for acc, g in zip(shared, grads_k[1:])]
+    for got, want in zip(grads[1:], shared):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(sweep.last_mu, mu(out.detach()), rtol=1e-5, atol=1e-5)
+
+
+def test_lambda_skip_with_k_lams_needs_a_batch_multiple_of_k():
+    skip = LambdaSkip(16, lam=torch.tensor([0.5, 1.0, 2.0]))
+    assert "lam" in dict(skip.named_buffers()) and skip.lam.shape == (3,)
+    with pytest.raises(ValueError, match="multiple of 3"):
+        skip(tokens(b=4), tokens(b=4))
+
+
+@pytest.mark.parametrize("lam, error, match", [
+    (float("nan"), ValueError, "lam must be finite"),
+    (float("-inf"), ValueError, "lam must be finite"),
+    ([1.0, float("nan")], ValueError, "lam must be finite"),
+    (torch.tensor([0.5, float("inf")]), ValueError, "lam must be finite"),
+    ("1", TypeError, "lam must be a float"),
+    (None, TypeError, "lam must be a float"),
+    (True, TypeError, "lam must be a float"),
+    (torch.ones(2, 2), TypeError, "lam must be a number or a 0-d / 1-D float tensor"),
+    (torch.tensor([1, 2]), TypeError, "lam must be a number or a 0-d / 1-D float tensor"),
+    ([], ValueError, "lam must hold at least one value"),
+])
+def test_lambda_skip_and_build_stack_refuse_bad_lambda(lam, error, match):
+    with pytest.raises(error, match=match):
+        LambdaSkip(64, lam)
+    with pytest.raises(error, match=match):  # as the λ of one block, and (numbers) of every block
+        build_stack("identity", depth=2, d_model=8, lam=[lam, 1.0])
+    if not isinstance(lam, (list, torch.Tensor)):
+        with pytest.raises(error, match=match):
+            build_stack("identity", depth=2, d_model=8, lam=lam)
+
+
+def test_build_stack_with_k_lams_per_block_runs_a_sweep_in_one_pass():
+    """One stack with λ variants as batch slices equals one stack per λ (same seed, same weights)."""
+    lams = [-1.0, 0.5, 2.0]
+    sweep = build_stack("attention", depth=3, d_model=16, lam=[lams] * 3, seed=0, n_heads=2)
+    assert sweep.lams.shape == (3, 3)
+    y = tokens(b=2, seed=4)
+    out = sweep(y.repeat(3, 1, 1))
+    for k, lam in enumerate(lams):
+        one = build_stack("attention", depth=3, d_model=16, lam=lam, seed=0, n_heads=2)
+        torch.testing.assert_close(out[2 * k:2 * k + 2], one(y), rtol=1e-5, atol=1e-5)

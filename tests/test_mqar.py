@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from lambdaskip.experiments.image import (CIFAR_TEST_BATCH, CIFAR_TRAIN_BATCHES, digits_datasets, grayscale_tokens,
-                                          lra_image_datasets)
-from lambdaskip.experiments.mqar import IGNORE_INDEX, MQARConfig, generate_mqar, mqar_datasets
+from lambdaskip.training.data.image import (CIFAR_TEST_BATCH, CIFAR_TRAIN_BATCHES, digits_datasets,
+                                           grayscale_tokens, lra_image_datasets)
+from lambdaskip.training.data.mqar import IGNORE_INDEX, MQARConfig, generate_mqar, mqar_datasets
 
-TASKS = [dict(vocab_size=32, seq_len=24, num_pairs=3),
-         dict(vocab_size=128, seq_len=67, num_pairs=8),     # odd length: one unused position at the end
-         dict(vocab_size=20, seq_len=64, num_pairs=9),      # keys nearly exhausted (9 of 9)
-         dict(vocab_size=8192, seq_len=512, num_pairs=64)]  # the paper's size
+TASKS = [dict(vocab_size=32, seqlen=24, num_pairs=3),
+         dict(vocab_size=128, seqlen=67, num_pairs=8),     # odd length: one unused position at the end
+         dict(vocab_size=20, seqlen=64, num_pairs=9),      # keys nearly exhausted (9 of 9)
+         dict(vocab_size=8192, seqlen=512, num_pairs=64)]  # the paper's size
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -20,7 +20,7 @@ TASKS = [dict(vocab_size=32, seq_len=24, num_pairs=3),
 def test_invariants(task, filler):
     n, pairs, half = 50, task["num_pairs"], task["vocab_size"] // 2
     inputs, labels = generate_mqar(n, filler=filler, seed=3, **task)
-    assert inputs.shape == labels.shape == (n, task["seq_len"]) and inputs.dtype == labels.dtype == torch.int64
+    assert inputs.shape == labels.shape == (n, task["seqlen"]) and inputs.dtype == labels.dtype == torch.int64
     keys, values = inputs[:, 0:2 * pairs:2], inputs[:, 1:2 * pairs:2]
     assert ((keys >= 1) & (keys < half)).all() and ((values >= half) & (values < task["vocab_size"])).all()
     for row in range(n):
@@ -31,7 +31,7 @@ def test_invariants(task, filler):
         assert sorted(inputs[row, queries].tolist()) == sorted(keys[row].tolist())
         value_of = dict(zip(keys[row].tolist(), values[row].tolist()))
         assert all(value_of[int(inputs[row, q])] == int(labels[row, q]) for q in queries)
-        others = torch.ones(task["seq_len"], dtype=torch.bool)
+        others = torch.ones(task["seqlen"], dtype=torch.bool)
         others[:2 * pairs] = False
         others[queries] = False
         if filler == "zero":
@@ -42,7 +42,7 @@ def test_invariants(task, filler):
 
 
 def test_seeds_reproducible_and_splits_disjoint():
-    task = dict(vocab_size=64, seq_len=32, num_pairs=4)
+    task = dict(vocab_size=64, seqlen=32, num_pairs=4)
     a, b = generate_mqar(200, seed=5, **task), generate_mqar(200, seed=5, **task)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], generate_mqar(200, seed=6, **task)[0])
@@ -56,23 +56,23 @@ def test_seeds_reproducible_and_splits_disjoint():
 
 
 def test_power_law_prefers_short_gaps():
-    inputs, labels = generate_mqar(2000, vocab_size=64, seq_len=128, num_pairs=4, power_a=0.01, seed=0)
+    inputs, labels = generate_mqar(2000, vocab_size=64, seqlen=128, num_pairs=4, power_a=0.01, seed=0)
     slots = (torch.nonzero(labels != IGNORE_INDEX)[:, 1] - 8) // 2
     counts = torch.bincount(slots, minlength=60).double()
     # p(gap) ∝ gap^(a-1): the first slot is drawn far more often than the last
     assert counts[0] > 5 * counts[-1]
-    flat = generate_mqar(2000, vocab_size=64, seq_len=128, num_pairs=4, power_a=1.0, seed=0)[1]
+    flat = generate_mqar(2000, vocab_size=64, seqlen=128, num_pairs=4, power_a=1.0, seed=0)[1]
     flat_counts = torch.bincount((torch.nonzero(flat != IGNORE_INDEX)[:, 1] - 8) // 2, minlength=60).double()
     assert flat_counts.max() < 2.5 * flat_counts.mean()
 
 
 @pytest.mark.parametrize("bad, match", [
     (dict(num_pairs=0), "num_pairs"), (dict(vocab_size=10, num_pairs=8), "vocab_size"),
-    (dict(seq_len=20, num_pairs=8), "seq_len"), (dict(power_a=0.0), "power_a"), (dict(filler="noise"), "filler"),
+    (dict(seqlen=20, num_pairs=8), "seqlen"), (dict(power_a=0.0), "power_a"), (dict(filler="noise"), "filler"),
     (dict(split="val"), "split"), (dict(seed=-1), "seed"), (dict(num_examples=0), "num_examples"),
 ])
 def test_bad_arguments(bad, match):
-    kwargs = dict(num_examples=4, vocab_size=64, seq_len=64, num_pairs=8)
+    kwargs = dict(num_examples=4, vocab_size=64, seqlen=64, num_pairs=8)
     kwargs.update(bad)
     with pytest.raises(ValueError, match=match):
         generate_mqar(**kwargs)
@@ -80,7 +80,7 @@ def test_bad_arguments(bad, match):
 
 def test_config_presets():
     paper = MQARConfig.paper()
-    assert (paper.seq_len, paper.num_pairs, paper.vocab_size, paper.num_train, paper.num_test) == (512, 64, 8192,
+    assert (paper.seqlen, paper.num_pairs, paper.vocab_size, paper.num_train, paper.num_test) == (512, 64, 8192,
                                                                                                       100_000, 3_000)
     with pytest.raises(ValueError, match="num_train"):
         MQARConfig(num_train=0).validate()

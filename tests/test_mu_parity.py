@@ -16,7 +16,7 @@ from lambdaskip import CollapseProbe, build_stack
 from lambdaskip.ops import prefer_backend
 
 ARCHS = {
-    "attention": {"n_heads": 2},
+    "attention": {"nheads": 2},
     "mamba2": {"headdim": 8, "d_state": 16, "chunk_size": 16},
     "s4d": {"d_state": 8},
 }
@@ -61,7 +61,7 @@ def test_mu_trajectory_parity_cpu(arch, lam, record_property):
 @pytest.mark.parametrize("lam", LAMS)
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_mu_trajectory_parity_gpu(arch, lam, record_property):
-    kwargs = {"attention": {"n_heads": 4}, "mamba2": {"headdim": 64, "d_state": 64, "chunk_size": 64},
+    kwargs = {"attention": {"nheads": 4}, "mamba2": {"headdim": 64, "d_state": 64, "chunk_size": 64},
               "s4d": {"d_state": 64}}[arch]
     worst = check_parity(arch, lam, depth=64, batch=4, seqlen=512, d_model=256, device="cuda", mixer_kwargs=kwargs)
     record_property("largest_relative_mu_deviation", worst)

@@ -1,7 +1,7 @@
 """NaN in → NaN out: a non-finite input value reaches the outputs it affects on every backend that runs
 here, in the same places as the float64 reference (never zeros, never a finite guess).
 
-Backends: attention "sdpa" and "reference"; lambda_norm "reference" and "triton" (under the
+Backends: attention "auto" (SDPA) and "reference"; lambda_norm "reference" and "triton" (under the
 interpreter); s4d_kernel / s4d_conv "reference" and "extension". Seeds 0, 1, 2 for each case; the
 sizes are odd and small. Finite outputs are compared too, with the float32 tolerance.
 """
@@ -52,7 +52,7 @@ def test_attention_sdpa_agrees_with_the_reference(poison, causal, seed):
     dict(q=q, k=k, v=v)[name][index] = value
     want = attention(q.double(), k.double(), v.double(), causal, backend="reference")
     assert want.isnan().any() or want.isinf().any()
-    got = attention(q, k, v, causal, backend="sdpa")
+    got = attention(q, k, v, causal, backend="auto")
     assert_same_non_finite(got, want, f"sdpa with {name}{list(index)} = {value}")
 
 
@@ -62,17 +62,17 @@ def test_attention_rows_that_see_only_nan_are_nan(causal):
     takes for fully masked ones (zeros) without the op's guard."""
     q, k, v = qkv(3)
     k[0, 1] = NAN
-    out = attention(q, k, v, causal, backend="sdpa")
+    out = attention(q, k, v, causal, backend="auto")
     assert out[0, 1].isnan().all() and torch.isfinite(out[1]).all() and torch.isfinite(out[0, 0]).all()
     q[:] = NAN
-    assert attention(q, k, v, causal, backend="sdpa").isnan().all()
+    assert attention(q, k, v, causal, backend="auto").isnan().all()
 
 
 def test_attention_guard_costs_finite_input_nothing():
     """Finite input: the guarded output equals SDPA's, and so do the gradients."""
     import torch.nn.functional as F
     q, k, v = (t.requires_grad_(True) for t in qkv(4))
-    out = attention(q, k, v, True, backend="sdpa")
+    out = attention(q, k, v, True, backend="auto")
     assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
     grads = torch.autograd.grad(out.square().sum(), (q, k, v))
     want = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, is_causal=True).square().sum(), (q, k, v))

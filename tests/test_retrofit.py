@@ -309,3 +309,22 @@ def test_gpu_retrofitted_mamba2_on_lambdaskip_kernels_matches_cpu(gating, monkey
         actual = run(gpu, ids.cuda())
     assert calls == [gating] * 3
     assert_close(actual, expected, torch.float32, "retrofitted Mamba-2 on CUDA vs CPU")
+
+
+def test_mamba2_greedy_generation_with_cache_runs_on_scan_and_step_and_equals_the_original(monkeypatch):
+    from lambdaskip import ops
+    calls = {"ssd_scan": 0, "ssd_step": 0}
+    for name in calls:
+        original = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _f=original, _n=name, **k: calls.__setitem__(_n, calls[_n] + 1)
+                            or _f(*a, **k))
+    model, prompt = make_model("mamba2"), token_ids(seed=8, seqlen=7).clamp(min=1)  # 0 pads: no padding mask
+    kwargs = {"max_new_tokens": 6, "do_sample": False, "use_cache": True, "return_dict_in_generate": True,
+              "output_scores": True, "pad_token_id": 0}
+    expected = model.generate(prompt, **kwargs)
+    retrofit(model, lam=1.0, ssd_scan="always")
+    with ops.prefer_backend("triton"):
+        actual = model.generate(prompt, **kwargs)
+    assert calls == {"ssd_scan": 3, "ssd_step": 3 * 5}  # the prompt once per layer, then one step per new token
+    assert torch.equal(actual.sequences, expected.sequences)
+    assert_close(torch.stack(actual.scores), torch.stack(expected.scores), torch.float32, "greedy logits")

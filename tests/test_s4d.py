@@ -8,25 +8,9 @@ from lambdaskip.reference.s4d import (s4d_conv_direct, s4d_conv_fft, s4d_init, s
 from lambdaskip.reference.s4d import s4d_kernel as s4d_kernel_chunked
 from lambdaskip.testing import assert_close
 
+from s4d_helpers import conv_loop, make_params
+
 SEEDS = (0, 1, 2)
-
-
-def make_params(H, N, init="inv", seed=0, dtype=torch.float64, dt_max=1e-1):
-    g = torch.Generator().manual_seed(seed)
-    log_dt, A_re, A_im, C = s4d_init(H, N, init, dt_max=dt_max, generator=g, dtype=dtype)
-    # perturb A_re so the modes decay at different rates (the init has all A_re = -1/2)
-    A_re = A_re - 0.3 * torch.rand(A_re.shape, generator=g, dtype=torch.float64).to(dtype)
-    return log_dt, A_re, A_im, C
-
-
-def conv_loop(u, K, D):
-    """y[b,h,t] = Σ_{s≤t} K[h,t−s]·u[b,h,s] + D[h]·u[b,h,t] by explicit float64 loops."""
-    u, K, D = u.double(), K.double(), D.double()
-    y = torch.zeros_like(u)
-    for t in range(u.shape[-1]):
-        for s in range(t + 1):
-            y[..., t] += K[:, t - s] * u[..., s]
-    return y + D[:, None] * u
 
 
 def test_init_shapes_and_values():

@@ -14,9 +14,10 @@ import torch
 from lambdaskip import _extension
 from lambdaskip.ops import s4d as s4d_ops
 from lambdaskip.ops.s4d import s4d_conv, s4d_kernel
-from lambdaskip.reference.s4d import (s4d_conv_direct, s4d_discretize, s4d_init, s4d_kernel_naive,
-                                      s4d_recurrence)
+from lambdaskip.reference.s4d import s4d_conv_direct, s4d_discretize, s4d_kernel_naive, s4d_recurrence
 from lambdaskip.testing import assert_close, relative_error
+
+from s4d_helpers import conv_loop, make_params
 
 pytestmark = pytest.mark.skipif(os.environ.get("LAMBDASKIP_DISABLE_EXTENSION") == "1",
                                 reason="LAMBDASKIP_DISABLE_EXTENSION=1")
@@ -24,26 +25,8 @@ pytestmark = pytest.mark.skipif(os.environ.get("LAMBDASKIP_DISABLE_EXTENSION") =
 BUILD_SECONDS_MAX = 300  # generous: the build takes ~1 min on 2 shared cores; a cached load is instant
 
 
-def make_params(H, N, init="inv", seed=0, dtype=torch.float64, log_dt=None, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
-    params = list(s4d_init(H, N, init, generator=g, dtype=torch.float64))
-    params[1] = params[1] - 0.3 * torch.rand(params[1].shape, generator=g, dtype=torch.float64)
-    if log_dt is not None:
-        params[0] = torch.full((H,), log_dt, dtype=torch.float64)
-    cdtype = torch.complex64 if dtype == torch.float32 else torch.complex128
-    return [p.to(device=device, dtype=cdtype if p.is_complex() else dtype) for p in params]
-
-
 def as64(tensors):
     return [t.detach().to(torch.complex128 if t.is_complex() else torch.float64) for t in tensors]
-
-
-def conv_loop(u, K):
-    u, K = u.double(), K.double()
-    y = torch.zeros_like(u)
-    for t in range(u.shape[-1]):
-        y[..., t] = (K[:, : t + 1].flip(-1) * u[..., : t + 1]).sum(-1)
-    return y
 
 
 def test_extension_builds_in_reasonable_time():

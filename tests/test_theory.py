@@ -156,7 +156,7 @@ def test_s4d_and_lti_constants_are_exact_and_input_independent():
 def test_attention_constants(causal):
     torch.manual_seed(1)
     N, d = 19, 8
-    mixer = AttentionMixer(d, n_heads=1, causal=causal).double()
+    mixer = AttentionMixer(d, nheads=1, causal=causal).double()
     y = torch.randn(3, N, d, dtype=torch.float64)
     c = theory.mixer_constants(mixer, y)
     M = mixer.mixing_matrix(y)[:, 0]
@@ -166,7 +166,7 @@ def test_attention_constants(causal):
     assert_close(mixer(y), M @ y @ C_V, what="attention output = M Y C_V")
     assert c.S == pytest.approx(torch.linalg.matrix_norm(C_V, ord=2).item(), rel=1e-12)
     assert c.S_frob >= c.S and c.form == "exact"
-    assert theory.mixer_constants(AttentionMixer(d, n_heads=2).double(), y).form == "bounded"
+    assert theory.mixer_constants(AttentionMixer(d, nheads=2).double(), y).form == "bounded"
 
 
 @pytest.mark.parametrize("ngroups, D_has_hdim", [(1, False), (2, False), (1, True)])
@@ -201,8 +201,8 @@ def test_mixer_constants_rejects_unknown_mixers():
 # --- certify ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("arch, kwargs, lam", [
-    ("attention", {"n_heads": 1, "causal": False}, 3000.0),
-    ("attention", {"n_heads": 1, "causal": True}, -3000.0),
+    ("attention", {"nheads": 1, "causal": False}, 3000.0),
+    ("attention", {"nheads": 1, "causal": True}, -3000.0),
     ("identity", {}, 500.0),
     ("lti", {"kernel_size": 5}, -800.0),
 ])

@@ -8,12 +8,11 @@ import pytest
 import torch
 
 from lambdaskip.cli import main
-from lambdaskip.experiments.model import SequenceModel
-from lambdaskip.experiments.trainer import (CHECKPOINT, METRICS_CSV, METRICS_JSON, SUMMARY, TrainConfig,
-                                            WarmupCosine, build_model, build_optimizer, epoch_order, load_checkpoint,
-                                            load_data, train)
+from lambdaskip.training import (CHECKPOINT, METRICS_CSV, METRICS_JSON, SUMMARY, SequenceModel, TrainConfig,
+                                 WarmupCosine, build_model, build_optimizer, epoch_order, load_checkpoint, load_data,
+                                 train)
 
-TINY = dict(task="mqar", vocab_size=16, seq_len=16, num_pairs=2, num_train=1024, num_test=256, d_model=32,
+TINY = dict(task="mqar", vocab_size=16, seqlen=16, num_pairs=2, num_train=1024, num_test=256, d_model=32,
             depth=2, batch_size=32, lr=3e-3, epochs=5, threads=1, progress=False)
 
 
@@ -36,7 +35,7 @@ def test_tiny_attention_learns_tiny_mqar(tmp_path):
 
 
 def test_training_mu_telemetry_is_mu_of_each_block_output_averaged_over_steps():
-    from lambdaskip.experiments.trainer import TrainingMu
+    from lambdaskip.training import TrainingMu
     from lambdaskip.metrics import CollapseProbe
     model = SequenceModel(vocab_size=16, num_outputs=16, arch="attention", depth=2, d_model=16, head="token")
     telemetry = TrainingMu(model, torch.device("cpu"))
@@ -90,6 +89,23 @@ def test_resume_gives_the_same_weights(tmp_path):
         train(_config(tmp_path, "parts", epochs=3, num_train=512, lr=1e-2))
 
 
+def test_activation_checkpointing_trains_the_same_model(tmp_path):
+    """`--checkpoint block` recomputes activations in the backward: the same weights bit for bit on the CPU
+    reference path, and the same μ telemetry (recorded once per layer, never from the recomputation)."""
+    args = ["--vocab-size", "16", "--seqlen", "16", "--num-pairs", "2", "--num-train", "128", "--num-test", "32",
+            "--d-model", "16", "--depth", "6", "--batch-size", "32", "--epochs", "1", "--threads", "1", "--quiet",
+            "--learnable"]
+    assert main(["train", "mqar", "--out", str(tmp_path / "plain"), *args]) == 0
+    assert main(["train", "mqar", "--out", str(tmp_path / "ckpt"), "--checkpoint", "block", *args]) == 0
+    plain, ckpt = (load_checkpoint(tmp_path / name / CHECKPOINT) for name in ("plain", "ckpt"))
+    assert ckpt["config"]["checkpoint"] == "block" and plain["config"]["checkpoint"] is None
+    for name, tensor in plain["model"].items():
+        assert torch.equal(tensor, ckpt["model"][name]), name
+    mu_keys = [key for key in plain["history"][-1] if key.startswith("train_mu")]
+    assert len(mu_keys) == 6
+    assert [plain["history"][-1][k] for k in mu_keys] == [ckpt["history"][-1][k] for k in mu_keys]
+
+
 def test_checkpoint_is_weights_only_loadable(tmp_path):
     train(_config(tmp_path, epochs=1, num_train=256))
     state = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
@@ -99,7 +115,7 @@ def test_checkpoint_is_weights_only_loadable(tmp_path):
 
 def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     """torchrun with 2 CPU ranks, each half of the global batch of 32, against one process with all 32."""
-    args = ["--vocab-size", "16", "--seq-len", "16", "--num-pairs", "2", "--num-train", "256", "--num-test", "64",
+    args = ["--vocab-size", "16", "--seqlen", "16", "--num-pairs", "2", "--num-train", "256", "--num-test", "64",
             "--d-model", "32", "--batch-size", "32", "--lr", "3e-3", "--epochs", "2", "--threads", "1", "--quiet",
             "--learnable", "--lam", "-1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -149,7 +165,7 @@ def test_schedule_and_data_order():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "mqar", "--out", "{out}", "--num-pairs", "40"], "seq_len"),
+    (["train", "mqar", "--out", "{out}", "--num-pairs", "40"], "seqlen"),
     (["train", "mqar", "--out", "{out}", "--epochs", "0"], "epochs"),
     (["train", "mqar", "--out", "{out}", "--lr", "-1"], "lr"),
     (["train", "mqar", "--out", "{out}", "--filler", "noise"], "filler"),
@@ -168,14 +184,14 @@ def test_cli_errors_are_one_line(tmp_path, capsys, argv, message):
 
 def test_paper_preset():
     paper = TrainConfig.paper_mqar(out="x")
-    assert (paper.seq_len, paper.num_pairs, paper.d_model, paper.depth, paper.d_state, paper.batch_size,
+    assert (paper.seqlen, paper.num_pairs, paper.d_model, paper.depth, paper.d_state, paper.batch_size,
             paper.epochs, paper.weight_decay, paper.warmup_frac) == (512, 64, 128, 2, 64, 64, 64, 0.1, 0.1)
     paper.validate()
 
 
 def test_sweep_writes_table_and_plots(tmp_path):
     pytest.importorskip("matplotlib")
-    argv = ["sweep", "mqar", "--vocab-size", "16", "--seq-len", "16", "--num-pairs", "2", "--num-train", "64",
+    argv = ["sweep", "mqar", "--vocab-size", "16", "--seqlen", "16", "--num-pairs", "2", "--num-train", "64",
             "--num-test", "16", "--d-model", "16", "--epochs", "1", "--batch-size", "32", "--threads", "1", "--quiet",
             "--lams", "0", "1", "--learnable-inits", "1", "--seeds", "0", "--out", str(tmp_path / "sweep")]
     assert main(argv) == 0

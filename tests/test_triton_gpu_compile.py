@@ -20,7 +20,7 @@ triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 import triton.runtime.interpreter as interpreter  # noqa: E402
 
-from lambdaskip.ops import lambda_norm, ssd_scan  # noqa: E402
+from lambdaskip.ops import lambda_norm, ssd_scan, ssd_step  # noqa: E402
 
 POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64",
                  torch.int32: "*i32", torch.int64: "*i64"}
@@ -79,6 +79,14 @@ def _run_every_kernel():
             y, final = ssd_scan(x, dt, A, B, C, chunk_size=chunk_size, initial_states=h0, return_final_states=True,
                                 backend="triton")
             (y.float().sum() + final.float().sum()).backward()
+        # SSD decode step: Mamba-2 sizes (headdim 64, dstate 128) and the largest dstate (256), float32 state
+        for dstate in (128, 256):
+            state = torch.randn(2, 2, 64, dstate, generator=g)
+            x, z = (torch.randn(2, 2, 64, generator=g).to(dtype) for _ in range(2))
+            B, C = (torch.randn(2, 1, dstate, generator=g).to(dtype) for _ in range(2))
+            dt, A, D = torch.rand(2, 2, generator=g).to(dtype), -torch.rand(2, generator=g), torch.ones(2, 64)
+            ssd_step(state, x, dt, A, B, C, D=D, z=z, dt_bias=torch.zeros(2), dt_softplus=True, dt_limit=(0.0, 1.0),
+                     backend="triton")
 
 
 COMPILE_SPECS = textwrap.dedent('''
@@ -138,7 +146,7 @@ def test_every_triton_kernel_compiles_for_sm90_with_every_config(monkeypatch, tm
     _run_every_kernel()
     names = {spec["name"] for spec in specs.values()}
     assert {"_forward_fused_kernel", "_forward_looped_kernel", "_backward_fused_kernel", "_backward_looped_kernel",
-            "_chunk_scan_kernel", "_chunk_state_kernel", "_state_passing_kernel"} <= names
+            "_chunk_scan_kernel", "_chunk_state_kernel", "_state_passing_kernel", "_ssd_step_kernel"} <= names
     spec_file = tmp_path / "specs.json"
     spec_file.write_text(json.dumps(list(specs.values())))
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path / "cache"),

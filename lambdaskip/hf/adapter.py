@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from lambdaskip.common import NORMS
 from lambdaskip.hf import postnorm, prenorm
 from lambdaskip.hf.mamba2_mixer import remove_gate, use_ssd_scan
 from lambdaskip.hf.patching import Patches
 from lambdaskip.modules import LambdaSkip
 
 PLACEMENTS = ("native", "post")
-NORMS = (None, "l2", "rmsnorm", "layernorm")
 SUPPORTED_MODELS = ("Mamba2Model", "Mamba2ForCausalLM", "GPT2Model", "GPT2LMHeadModel and other GPT-2 heads",
                     "BertModel and other BERT heads", "AlbertModel and other ALBERT heads")
 # layer class -> (transformers module, family); a family is pre-norm (sums in the block) or post-norm.
@@ -107,8 +107,8 @@ def _check_args(lam, learnable, norm, gating, placement, ssd_scan, family: str, 
         raise TypeError(f"learnable must be a bool, got {learnable!r}")
     if not isinstance(gating, bool):
         raise TypeError(f"gating must be a bool, got {gating!r}")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if norm is not None and norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS} or None, got {norm!r}")
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     if ssd_scan not in ("cuda", "always", "never"):
@@ -168,10 +168,10 @@ def retrofit(model: nn.Module, lam: float | Sequence[float] = 1.0, learnable: bo
             ``Y ← Norm(sublayer(Y) + λ·Y)``: pre-norms (Mamba-2, GPT-2) are bypassed. BERT and ALBERT are
             post-norm already, so both placements are the same for them.
         ssd_scan: Mamba-2 only: run the mixer on :func:`lambdaskip.ops.ssd_scan` for "cuda" inputs
-            (default), "always", or "never" (the model's own mixer code). It needs ``cache=None`` (pass
-            ``use_cache=False`` at inference; training has no cache) and no padding mask; otherwise the
-            model's own code runs. With ``gating=False`` it also runs in training mode on any device (so no
-            fused transformers kernel with the gate built in can take over).
+            (default), "always", or "never" (the model's own mixer code). With ``use_cache=True`` the prompt
+            runs through the scan and each new token through :func:`lambdaskip.ops.ssd_step`. It needs no
+            padding mask; otherwise the model's own code runs. With ``gating=False`` it also runs in training
+            mode on any device (so no fused transformers kernel with the gate built in can take over).
     Returns:
         ``(model, summary)``: the same model object, modified in place, and a :class:`RetrofitSummary`.
     Raises:

@@ -1,4 +1,4 @@
-"""Rank collapse in ``transformers`` models: offline loading, inputs, μ per layer, and the Mamba-2 figure.
+"""Rank collapse in ``transformers`` models: offline loading, inputs, μ per layer.
 
 - :func:`load_local_hf_model`: a model (and its tokenizer, when it has one) from a local directory or the
   local Hugging Face cache; it never downloads.
@@ -6,22 +6,18 @@
 - :func:`layer_trajectory`: μ (or another metric) of the hidden states entering the first layer and
   leaving each layer, in call order (so ALBERT's shared layer counts once per application).
 - :func:`hf_collapse_study`: retrofit / record / restore over a grid of λ and gating: tidy rows.
-- :func:`mamba2_mu_sweep` / :func:`plot_mamba2_mu`: the docs figure, a random 64-layer Mamba-2 retrofitted
-  with gating on/off and λ ∈ {0, 1, 10, 100}.
+- :func:`tiny_mamba2`: a small random ``Mamba2Model`` (tests, and the docs figure made by
+  ``docs/make_retrofit_figure.py``).
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from lambdaskip.hf.adapter import find_layers, restore, retrofit
-from lambdaskip.metrics import METRICS, effective_rank, mu, normalized_mu
-
-_METRIC_FUNCTIONS = {"mu": mu, "normalized_mu": normalized_mu, "effective_rank": effective_rank}
+from lambdaskip.metrics import METRIC_FUNCTIONS, METRICS
 
 
 def load_local_hf_model(path_or_name: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
@@ -109,7 +105,7 @@ def layer_trajectory(model: nn.Module, input_ids: torch.Tensor, metrics: Sequenc
     def record(y) -> None:
         y = y[0] if isinstance(y, tuple) else y
         for name in metrics:
-            rows[name].append(_METRIC_FUNCTIONS[name](y.detach()).double().cpu())
+            rows[name].append(METRIC_FUNCTIONS[name](y.detach()).double().cpu())
 
     def before_first(_module, args, kwargs):
         if first_call[0]:
@@ -162,50 +158,4 @@ def hf_collapse_study(model: nn.Module, input_ids: torch.Tensor, lams: Sequence[
                       "value": float(value)}
                      for metric, values in trajectories.items()
                      for layer, per_batch in enumerate(values.tolist()) for b, value in enumerate(per_batch)]
-    return rows
-
-
-def mamba2_mu_sweep(depth: int = 64, d_model: int = 32, seqlen: int = 64, batch: int = 2,
-                    lams: Sequence[float] = (0.0, 1.0, 10.0, 100.0), seed: int = 0) -> list[dict]:
-    """:func:`hf_collapse_study` of :func:`tiny_mamba2` with gating on and off, post-norm placement (the
-    model's RMSNorm moved after each sum), on random tokens: rows of normalised μ."""
-    model = tiny_mamba2(depth, d_model, seed)
-    ids = torch.randint(0, model.config.vocab_size, (batch, seqlen), generator=torch.Generator().manual_seed(seed))
-    return hf_collapse_study(model, ids, lams, gatings=(True, False))
-
-
-def plot_mamba2_mu(path: str | os.PathLike, **sweep_kwargs) -> list[dict]:
-    """Run :func:`mamba2_mu_sweep` and save its figure (one panel per gating, one line per λ) to ``path``.
-
-    The image is written atomically. Returns the sweep's rows. Needs matplotlib.
-    """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = mamba2_mu_sweep(**sweep_kwargs)
-    lams = sorted({row["lam"] for row in rows})
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for axis, gating in zip(axes, (True, False)):
-        for lam in lams:
-            selected = [r for r in rows if r["gating"] == gating and r["lam"] == lam]
-            layers = sorted({r["layer"] for r in selected})
-            means = [sum(r["value"] for r in selected if r["layer"] == k) / sum(r["layer"] == k for r in selected)
-                     for k in layers]
-            axis.plot(layers, means, label=f"λ = {lam:g}")
-        axis.set_title(f"gating {'on' if gating else 'off (removed)'}")
-        axis.set_xlabel("layer")
-        axis.grid(alpha=0.3)
-    axes[0].set_ylabel("normalised μ = μ(Y) / ‖Y‖_F")
-    axes[1].legend()
-    depth = max(row["layer"] for row in rows)
-    figure.suptitle(f"Random {depth}-layer Mamba-2 (transformers) retrofitted: Y ← RMSNorm(mixer(Y) + λ·Y)")
-    figure.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".png", delete=False) as tmp:
-        figure.savefig(tmp.name, dpi=120)
-    os.chmod(tmp.name, 0o644)
-    os.replace(tmp.name, path)
-    plt.close(figure)
     return rows

@@ -1,10 +1,13 @@
 """Minimal mixers for tests and theory checks: the identity (M = I) and a learnable causal LTI filter."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from lambdaskip import ops
+from lambdaskip.modules.constants import MixerConstants, lti_constants
 
 
 class IdentityMixer(nn.Module):
@@ -18,6 +21,12 @@ class IdentityMixer(nn.Module):
         if y.dim() != 3 or y.shape[-1] != self.d_model:
             raise ValueError(f"input must have shape (batch, seqlen, {self.d_model}), got {tuple(y.shape)}")
         return y
+
+    @torch.no_grad()
+    def theorem_constants(self, y: torch.Tensor) -> MixerConstants:
+        """Theorem 4.1's constants at ``y`` (batch, N, d_model): M = I (‖M‖_F = √N), C_V = I; form "exact"."""
+        return MixerConstants(C_M=torch.full((y.shape[0],), math.sqrt(y.shape[1]), dtype=torch.float64), S=1.0,
+                              S_frob=math.sqrt(self.d_model), form="exact", note="M = I, C_V = I")
 
 
 class LTIMixer(nn.Module):
@@ -51,3 +60,10 @@ class LTIMixer(nn.Module):
             raise ValueError(f"input must have shape (batch, seqlen, {self.d_model}), got {tuple(u.shape)}")
         K = self.kernel(u.shape[1]).to(u.dtype).contiguous()
         return ops.s4d_conv(u.transpose(1, 2).contiguous(), K).transpose(1, 2)
+
+    @torch.no_grad()
+    def theorem_constants(self, y: torch.Tensor) -> MixerConstants:
+        """Theorem 4.1's constants at ``y`` (batch, N, d_model): M_c = Toeplitz(K_c) per channel,
+        C_M = max_c ‖M_c‖_F (input-independent), C_V = I; form "bounded"."""
+        return lti_constants(self.kernel(y.shape[1]), None, y.shape[0], 1.0, math.sqrt(self.d_model), "bounded",
+                             "M_c = Toeplitz(K_c) per channel, C_V = I")

@@ -2,16 +2,22 @@
 
 Defaults and parameter names follow mamba_ssm's ``Mamba2`` so weights can be mapped across. ``gating=False``
 drops the z branch (the paper's gating ablation): the scan output is normalised without the silu(z) gate.
+
+Generation: :class:`Mamba2Cache` holds a mixer's decode state; :meth:`Mamba2Mixer.prefill` runs a prompt
+through ``ops.ssd_scan`` and :meth:`Mamba2Mixer.step` one token through ``ops.ssd_step``, both continuing
+from and updating the cache.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lambdaskip import ops
+from lambdaskip.modules.constants import MixerConstants, spectral_norm
 
 
 class GatedRMSNorm(nn.Module):
@@ -35,6 +41,18 @@ class GatedRMSNorm(nn.Module):
         groups = y.unflatten(-1, (-1, self.group_size))
         groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
         return (groups.flatten(-2) * self.weight.float()).to(dtype)
+
+
+@dataclass
+class Mamba2Cache:
+    """The decode state of one :class:`Mamba2Mixer`, updated in place by its ``prefill`` and ``step``.
+
+    Attributes:
+        conv_state: (batch, conv_dim, d_conv − 1), the last d_conv − 1 inputs of the causal conv, oldest first.
+        ssm_state: (batch, nheads, headdim, d_state), the SSD state, float32 (float64 for a float64 mixer).
+    """
+    conv_state: torch.Tensor
+    ssm_state: torch.Tensor
 
 
 class Mamba2Mixer(nn.Module):
@@ -103,6 +121,74 @@ class Mamba2Mixer(nn.Module):
             y = y * F.silu(gate)
         return self.out_proj(y)
 
+    def allocate_cache(self, batch_size: int, *, device: torch.device | str | None = None,
+                       dtype: torch.dtype | None = None) -> Mamba2Cache:
+        """An empty (zero) :class:`Mamba2Cache` for ``batch_size`` sequences; ``dtype`` is the activations'
+        (default: in_proj's), the SSM state is float32, or float64 when ``dtype`` is."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        device = self.in_proj.weight.device if device is None else device
+        dtype = self.in_proj.weight.dtype if dtype is None else dtype
+        kernel = self.conv1d.kernel_size[0]
+        return Mamba2Cache(
+            torch.zeros(batch_size, self.conv_dim, kernel - 1, device=device, dtype=dtype),
+            torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
+                        dtype=torch.promote_types(dtype, torch.float32)))
+
+    @torch.no_grad()
+    def prefill(self, u: torch.Tensor, cache: Mamba2Cache) -> torch.Tensor:
+        """:meth:`forward` on ``u`` (batch, seqlen, d_model) continuing from ``cache``, which it advances past
+        ``u``; the SSD part is one ``ops.ssd_scan`` from the cached state. Inference only (no gradient)."""
+        self._check_cache(u, 3, cache)
+        z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        x, B, C = self._conv_step(xBC, cache)
+        y, final = ops.ssd_scan(x, dt, -torch.exp(self.A_log.float()), B, C, chunk_size=self.chunk_size, D=self.D,
+                                dt_bias=self.dt_bias, dt_softplus=True, initial_states=cache.ssm_state,
+                                return_final_states=True)
+        cache.ssm_state.copy_(final)
+        return self._gate_norm_out(y.flatten(-2), z)
+
+    @torch.no_grad()
+    def step(self, u: torch.Tensor, cache: Mamba2Cache) -> torch.Tensor:
+        """One token: ``u`` (batch, d_model) → (batch, d_model), through ``ops.ssd_step`` on the cached state,
+        which it advances. Equals :meth:`forward`'s output at that position of the whole sequence."""
+        self._check_cache(u, 2, cache)
+        z, xBC, dt = torch.split(self.in_proj(u[:, None]), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        x, B, C = self._conv_step(xBC, cache)
+        y = ops.ssd_step(cache.ssm_state, x[:, 0], dt[:, 0], -torch.exp(self.A_log.float()), B[:, 0], C[:, 0],
+                         D=self.D, dt_bias=self.dt_bias, dt_softplus=True)
+        return self._gate_norm_out(y.flatten(-2)[:, None], z)[:, 0]
+
+    def _check_cache(self, u: torch.Tensor, ndim: int, cache: Mamba2Cache) -> None:
+        shape = "(batch, seqlen, d_model)" if ndim == 3 else "(batch, d_model)"
+        if u.dim() != ndim or u.shape[-1] != self.d_model:
+            raise ValueError(f"input must have shape {shape} with d_model={self.d_model}, got {tuple(u.shape)}")
+        if not isinstance(cache, Mamba2Cache):
+            raise TypeError(f"cache must be a Mamba2Cache (see allocate_cache), got {type(cache).__name__}")
+        if cache.ssm_state.shape[0] != u.shape[0]:
+            raise ValueError(f"cache holds {cache.ssm_state.shape[0]} sequences, the input {u.shape[0]}")
+
+    def _conv_step(self, xBC: torch.Tensor, cache: Mamba2Cache):
+        """The causal conv of ``xBC`` (b, l, conv_dim) after the cached inputs, advancing ``cache.conv_state``;
+        returns x (b, l, h, p), B and C (b, l, g, n) after the silu."""
+        b, l, _ = xBC.shape
+        window = torch.cat([cache.conv_state, xBC.transpose(1, 2).to(cache.conv_state.dtype)], dim=-1)
+        out = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)  # (b, conv_dim, l)
+        cache.conv_state.copy_(window[..., l:])
+        x, B, C = torch.split(F.silu(out.transpose(1, 2)).to(xBC.dtype),
+                              [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        return (x.reshape(b, l, self.nheads, self.headdim), B.reshape(b, l, self.ngroups, self.d_state),
+                C.reshape(b, l, self.ngroups, self.d_state))
+
+    def _gate_norm_out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The gate (z), the inner norm and out_proj on the scan's output y (b, l, d_inner)."""
+        gate = z if self.gating else None
+        if self.norm is not None:
+            y = self.norm(y, gate)
+        elif gate is not None:
+            y = y * F.silu(gate)
+        return self.out_proj(y)
+
     def ssd_inputs(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
         """The scan's inputs for ``u`` (batch, seqlen, d_model), as :meth:`forward` computes them.
 
@@ -136,6 +222,30 @@ class Mamba2Mixer(nn.Module):
         if include_D:
             M = M + torch.diag_embed(self.D.double()[:, None].expand(-1, u.shape[1]))
         return M
+
+    @torch.no_grad()
+    def theorem_constants(self, y: torch.Tensor) -> MixerConstants:
+        """Theorem 4.1's constants at ``y`` (batch, N, d_model); form "approximate".
+
+        M_h is the SSD matrix of head h for this input (:meth:`mixing_matrix`, D on the diagonal), C_M = max
+        over heads (and channels, for D of shape (nheads, headdim)) per batch element. C_V = I, S = 1 (the
+        paper's convention for SSMs); in_proj, conv, silu, gate, inner norm and out_proj are outside the
+        theory, and ``S_projections = ‖W_x‖₂·‖W_O‖₂`` is reported beside it.
+        """
+        M = self.mixing_matrix(y, include_D=self.D.dim() == 1)                    # (b, h, N, N)
+        if self.D.dim() == 1:
+            C_M = torch.linalg.matrix_norm(M).amax(dim=1)
+        else:  # ‖M + D I‖_F² = ‖M‖_F² + 2D·tr(M) + N·D², per (head, channel)
+            D = self.D.detach().double()                                          # (h, p)
+            sq = (torch.linalg.matrix_norm(M).square()[..., None]
+                  + 2 * D * M.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None] + y.shape[1] * D.square())
+            C_M = sq.flatten(1).amax(dim=1).sqrt()
+        W_x = self.in_proj.weight[self.d_inner:2 * self.d_inner]
+        return MixerConstants(
+            C_M=C_M, S=1.0, S_frob=math.sqrt(self.d_model), form="approximate",
+            S_projections=spectral_norm(W_x) * spectral_norm(self.out_proj.weight),
+            note="M = SSD matrix of the inner sequence (D on the diagonal), C_V = I (paper); in_proj, conv, silu, "
+                 "gate, inner norm and out_proj are outside the theory")
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_state={self.d_state}, nheads={self.nheads}, headdim={self.headdim}, "

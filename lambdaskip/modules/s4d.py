@@ -1,11 +1,14 @@
 """The S4D mixer: a diagonal LTI state-space model per channel, applied as a causal convolution."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lambdaskip import ops
+from lambdaskip.modules.constants import MixerConstants, frobenius_norm, lti_constants, spectral_norm
 from lambdaskip.reference.s4d import s4d_init
 
 ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu, None: None}
@@ -58,6 +61,21 @@ class S4DMixer(nn.Module):
         if self.activation is not None:
             y = self.activation(y)
         return self.out_proj(y)
+
+    @torch.no_grad()
+    def theorem_constants(self, y: torch.Tensor) -> MixerConstants:
+        """Theorem 4.1's constants at ``y`` (batch, N, d_model): M_c = Toeplitz(K_c) + D_c·I per channel
+        (input-independent), C_V = W_Oᵀ of out_proj (I without it). Form "bounded" for the pure LTI map (no
+        activation, no out_proj), else "approximate" (the activation and out_proj's bias are outside the theory).
+        """
+        has_out = isinstance(self.out_proj, nn.Linear)
+        S, S_frob = ((spectral_norm(self.out_proj.weight), frobenius_norm(self.out_proj.weight)) if has_out
+                     else (1.0, math.sqrt(self.d_model)))
+        pure = self.activation is None and not has_out
+        return lti_constants(self.kernel(y.shape[1]), self.D, y.shape[0], S, S_frob,
+                             "bounded" if pure else "approximate",
+                             "M_c = Toeplitz(K_c) + D_c·I per channel, C_V = " + ("W_Oᵀ" if has_out else "I")
+                             + ("" if pure else "; activation/out_proj bias ignored"))
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_state={self.d_state}, init={self.init!r}, use_D={self.D is not None}"

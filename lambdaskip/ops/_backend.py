@@ -8,7 +8,9 @@ on the input's device; a forced backend that cannot run raises instead of silent
 - ``"triton"``: the Triton kernels in :mod:`lambdaskip.kernels`; runs on CUDA, and on CPU only under
   Triton's interpreter (``TRITON_INTERPRET=1`` set before the kernels are imported).
 - ``"extension"``: the compiled C++/CUDA extension from ``csrc/``.
-- ``"sdpa"``: PyTorch's fused ``scaled_dot_product_attention`` (attention only).
+
+(Attention's fast path is PyTorch's own ``scaled_dot_product_attention``: what ``"auto"`` gives it unless
+the reference is preferred, see :func:`reference_preferred`.)
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import os
 
 import torch
 
-BACKENDS = ("auto", "reference", "triton", "extension", "sdpa")
+BACKENDS = ("auto", "reference", "triton", "extension")
 
 _preferred: list[str] = []
 
@@ -40,6 +42,12 @@ def prefer_backend(backend: str):
         yield
     finally:
         _preferred.pop()
+
+
+def reference_preferred() -> bool:
+    """Whether a ``prefer_backend("reference")`` block is active (for ops whose only other path is PyTorch's own,
+    like attention's SDPA)."""
+    return "reference" in _preferred
 
 
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
@@ -93,8 +101,6 @@ def choose_backend(op: str, backend: str, device: torch.device, supported: tuple
             return "triton"
         if "extension" in supported and extension_can_run is not None and extension_can_run(device):
             return "extension"
-        if "sdpa" in supported:
-            return "sdpa"
         return "reference"
     if not _can_run(backend, device, extension_can_run):
         if backend == "extension":

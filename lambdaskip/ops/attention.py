@@ -1,12 +1,14 @@
 """Multi-head softmax attention, dispatched to PyTorch's fused SDPA or the explicit reference."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
 from lambdaskip import reference
-from lambdaskip.ops._backend import choose_backend
-from lambdaskip.ops._checks import check_bool, check_finite_float, check_same_device, check_tensor
+from lambdaskip.common import check_bool, check_finite_float, check_same_device, check_tensor
+from lambdaskip.ops._backend import choose_backend, reference_preferred
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
@@ -19,7 +21,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
             headdim_v, and seqlen_k when there are queries, must be > 0.
         causal: a bool; a query attends only to keys at or before its position (seqlen_q == seqlen_k).
         scale: a finite logit scale > 0, or None for 1/sqrt(headdim).
-        backend: ``"auto"``/``"sdpa"`` (torch's fused kernels) or ``"reference"``.
+        backend: ``"auto"`` (torch's fused ``scaled_dot_product_attention``, or the reference inside
+            ``prefer_backend("reference")``) or ``"reference"``; ``"sdpa"`` is a deprecated spelling of "auto".
     Returns:
         (batch, nheads, seqlen_q, headdim_v) in q's dtype.
     Non-finite input:
@@ -47,8 +50,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     if scale is not None:
         scale = check_finite_float("scale", scale, positive=True)
     device = check_same_device(q=q, k=k, v=v)
-    chosen = choose_backend("attention", backend, device, supported=("reference", "sdpa"))
-    if chosen == "sdpa":
+    if backend == "sdpa":
+        warnings.warn('attention: backend="sdpa" is deprecated, use backend="auto"', DeprecationWarning, stacklevel=2)
+        backend = "auto"
+    chosen = choose_backend("attention", backend, device, supported=("reference",))
+    if backend == "auto" and not reference_preferred():
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
         return _nan_where_sdpa_gives_zeros(out, q, k, causal)
     return reference.attention(q, k, v, causal=causal, scale=scale)

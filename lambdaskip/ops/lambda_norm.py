@@ -4,18 +4,22 @@ The reference is :func:`lambdaskip.reference.lambda_norm.lambda_norm`; this modu
 dispatches by ``backend``. The Triton path is two custom ops, ``lambdaskip::lambda_norm_fwd`` and
 ``lambdaskip::lambda_norm_bwd`` (fakes registered, so torch.compile traces through them without a graph
 break), on 2-D (rows, d) contiguous views. λ is always a tensor input to them: a Python number becomes a
-0-d tensor in the compute dtype (and gets no gradient); a tensor λ gets its gradient dλ = Σ dh·residual.
+0-d tensor in the compute dtype (and gets no gradient); a tensor λ gets its gradient dλ = Σ dh·residual,
+summed over every row, or, for a (batch,) λ, over each batch element's rows.
 μ, the row statistics, and the backward op itself are not differentiable (no double backward).
+
+Non-finite λ: a number is refused. A tensor λ on the CPU is checked too (a cheap host-side reduction); a
+CUDA tensor λ is not, since reading it back would synchronise the host with the device on every call, and
+neither is any λ while torch.compile traces (a data-dependent branch would break the graph). An unchecked
+NaN/inf λ makes the rows it scales NaN on every backend, as in the reference.
 """
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from lambdaskip.common import NORMS, check_bool, check_finite_float, check_same_device, check_tensor, compute_dtype
 from lambdaskip.ops._backend import choose_backend
-from lambdaskip.ops._checks import check_bool, check_finite_float, check_same_device, check_tensor
-from lambdaskip.reference._dtypes import compute_dtype
-from lambdaskip.reference.lambda_norm import NORMS
 from lambdaskip.reference.lambda_norm import lambda_norm as reference_lambda_norm
 
 SUPPORTED_BACKENDS = ("reference", "triton")
@@ -27,6 +31,7 @@ def lambda_norm_fwd(x: Tensor, residual: Tensor, lam: Tensor, weight: Optional[T
                     group_rows: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Triton forward on (rows, d) inputs; returns (out, h or (0,), mean or (0,), rstd, mu or (0,)).
 
+    ``lam`` is 0-d / (1,), or (batch,) with batch dividing rows (one λ per rows // batch consecutive rows).
     ``group_rows`` is the number of rows per batch element for μ; 0 skips μ."""
     from lambdaskip.kernels.lambda_norm import lambda_norm_forward
     h_dtype = compute_dtype(x) if residual_in_fp32 else x.dtype
@@ -56,7 +61,7 @@ def lambda_norm_bwd(dout: Tensor, dh: Optional[Tensor], x: Tensor, residual: Ten
     Bitwise deterministic: row reductions go through per-program partial sums, no atomics."""
     from lambdaskip.kernels.lambda_norm import lambda_norm_backward
     return lambda_norm_backward(dout.contiguous(), None if dh is None else dh.contiguous(), x.contiguous(),
-                                residual.contiguous(), lam, None if weight is None else weight.contiguous(), bias,
+                                residual.contiguous(), lam.contiguous(), None if weight is None else weight.contiguous(), bias,
                                 mean, rstd, norm)
 
 
@@ -88,15 +93,21 @@ def _backward(ctx, dout, dh, _dmean, _drstd, _dmu):
 lambda_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _check_lam(lam, device: torch.device):
-    if isinstance(lam, torch.Tensor):
-        check_tensor("lam", lam)
-        if lam.shape not in (torch.Size([]), torch.Size([1])):
-            raise ValueError(f"lam must be a number or a 0-d / (1,) tensor, got shape {tuple(lam.shape)}")
-        if lam.device != device:
-            raise ValueError(f"lam must be on the device of x ({device}), got {lam.device}")
-        return lam
-    return check_finite_float("lam", lam)
+def _check_lam(lam, x: Tensor):
+    """A finite number, or a float tensor on x's device of shape (), (1,) or (batch,) = x.shape[:1]
+    (x with at least 2 dims); a CPU tensor is checked for finiteness (see the module docstring)."""
+    if not isinstance(lam, Tensor):
+        return check_finite_float("lam", lam)
+    check_tensor("lam", lam)
+    if lam.shape not in (torch.Size([]), torch.Size([1])) and (x.dim() < 2 or lam.shape != x.shape[:1]):
+        raise ValueError(f"lam must be a number, a 0-d / (1,) tensor or one value per batch element, shape "
+                         f"(batch,) = {tuple(x.shape[:1])} for x of shape (batch, ..., d) = {tuple(x.shape)}; "
+                         f"got shape {tuple(lam.shape)}")
+    if lam.device != x.device:
+        raise ValueError(f"lam must be on the device of x ({x.device}), got {lam.device}")
+    if lam.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.isfinite(lam).all():
+        raise ValueError(f"lam must be finite, got {lam.detach().flatten()[:8].tolist()}")
+    return lam
 
 
 def lambda_norm(x: torch.Tensor, residual: torch.Tensor, lam, weight: torch.Tensor | None = None,
@@ -109,7 +120,10 @@ def lambda_norm(x: torch.Tensor, residual: torch.Tensor, lam, weight: torch.Tens
         x: (..., d) float16/bfloat16/float32/float64 tensor; the leading dims may be 0 (an empty result
             that still carries gradients; μ of zero tokens is 0), d must be > 0.
         residual: same shape as ``x``, any float dtype.
-        lam: λ, a Python number or a 0-d / (1,) float tensor (may require grad; gets a gradient).
+        lam: λ, a finite Python number or a 0-d / (1,) float tensor, or one λ per batch element: a
+            (batch,) float tensor, batch = x.shape[0], x of at least 2 dims; element b's λ scales
+            ``residual[b]`` — for (batch, seqlen, d) inputs the seqlen rows of sequence b. A tensor λ may
+            require grad and gets a gradient of its own shape (dλ per element for a (batch,) λ).
         weight, bias: optional (d,) affine; ``bias`` only with ``norm="layernorm"``.
         eps: > 0; added to the variance / mean square / sum of squares (see the reference module).
         norm: "layernorm", "rmsnorm" or "l2" (h/sqrt(‖h‖² + eps), the paper's theory norm).
@@ -142,7 +156,7 @@ def lambda_norm(x: torch.Tensor, residual: torch.Tensor, lam, weight: torch.Tens
     if bias is not None:
         check_tensor("bias", bias, shape=(d,))
     device = check_same_device(x=x, residual=residual, weight=weight, bias=bias)
-    lam = _check_lam(lam, device)
+    lam = _check_lam(lam, x)
     eps = check_finite_float("eps", eps, positive=True)
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")

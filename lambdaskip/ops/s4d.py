@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from lambdaskip.common import FLOAT_DTYPES, check_same_device, check_tensor
 from lambdaskip.ops._backend import choose_backend
-from lambdaskip.ops._checks import FLOAT_DTYPES, check_same_device, check_tensor
 from lambdaskip.reference import s4d as reference
 
 SUPPORTED_BACKENDS = ("reference", "extension")

@@ -1,13 +1,5 @@
-"""The precision the math runs in, shared by the references and the kernels' launchers."""
-from __future__ import annotations
+"""The precision the math runs in; the rule lives in :mod:`lambdaskip.common` (re-exported here for the
+references that import it from this package)."""
+from lambdaskip.common import compute_dtype
 
-import torch
-
-
-def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
-    """The widest floating dtype among ``tensors`` (None skipped), at least float32 (float64 stays)."""
-    dtype = torch.float32
-    for t in tensors:
-        if t is not None:
-            dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
+__all__ = ["compute_dtype"]

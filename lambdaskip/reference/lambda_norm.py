@@ -13,15 +13,17 @@ Norms over the last dimension (d) of ``h = x + λ·residual``:
 
 ``bias`` is only defined for ``"layernorm"``; RMSNorm and ℓ2 are scale-only (their purpose is to keep
 rows on a sphere, which a shift would undo).
+
+λ is one value for every row, or one value per batch element: a tensor of shape (batch,) with
+batch = ``x.shape[0]``; element b's λ scales ``residual[b]`` (for (batch, seqlen, d) inputs, the
+``seqlen`` rows of sequence b). That is how one pass evaluates a whole λ sweep (variants as batch slices).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from lambdaskip.reference._dtypes import compute_dtype
-
-NORMS = ("layernorm", "rmsnorm", "l2")
+from lambdaskip.common import NORMS, compute_dtype
 
 
 def normalize_rows(h: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
@@ -48,6 +50,16 @@ def token_mu(y: torch.Tensor) -> torch.Tensor:
     return centered.square().sum(dim=(-2, -1)).sqrt()
 
 
+def per_element_shape(x: torch.Tensor, lam: torch.Tensor) -> tuple[int, ...]:
+    """The shape that broadcasts a tensor λ over ``x``: () for one value, (batch, 1, …, 1) for one per element."""
+    if lam.numel() == 1:
+        return ()
+    if x.dim() < 2 or lam.shape != x.shape[:1]:
+        raise ValueError(f"lam must be a number, a 0-d / (1,) tensor or a (batch,) = {tuple(x.shape[:1])} tensor for x "
+                         f"of shape (batch, ..., d) = {tuple(x.shape)}, got shape {tuple(lam.shape)}")
+    return (lam.shape[0],) + (1,) * (x.dim() - 1)
+
+
 def lambda_norm(x: torch.Tensor, residual: torch.Tensor, lam, weight: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None, eps: float = 1e-5, *, norm: str = "layernorm",
                 prenorm: bool = False, residual_in_fp32: bool = False, return_mu: bool = False):
@@ -56,7 +68,8 @@ def lambda_norm(x: torch.Tensor, residual: torch.Tensor, lam, weight: torch.Tens
     Args:
         x: (..., d) float tensor (the mixer output).
         residual: same shape as ``x``, any float dtype (the layer input Y_k).
-        lam: λ, a Python number or a 0-d / (1,) float tensor (may require grad).
+        lam: λ, a Python number, a 0-d / (1,) float tensor, or a (batch,) float tensor with
+            batch = x.shape[0] > 1 (one λ per batch element, x of at least 2 dims); may require grad.
         weight: optional (d,) scale; bias: optional (d,) shift ("layernorm" only).
         eps: added to the variance ("layernorm"), the mean square ("rmsnorm") or the sum of squares ("l2").
         norm: "layernorm", "rmsnorm" or "l2".
@@ -76,7 +89,7 @@ def lambda_norm(x: torch.Tensor, residual: torch.Tensor, lam, weight: torch.Tens
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     lam_t = lam if isinstance(lam, torch.Tensor) else None
     dtype = compute_dtype(x, residual, weight, bias, lam_t)
-    lam_c = lam_t.to(dtype).reshape(()) if lam_t is not None else float(lam)
+    lam_c = float(lam) if lam_t is None else lam_t.to(dtype).reshape(per_element_shape(x, lam_t))
     h = x.to(dtype) + lam_c * residual.to(dtype)
     out_c = normalize_rows(h, weight, bias, eps, norm)
     results = [out_c.to(x.dtype)]

@@ -1,16 +1,30 @@
-"""The ``lambdaskip train`` and ``lambdaskip sweep`` subcommands (argument parsing only; the work is in
-:mod:`lambdaskip.experiments.trainer` and :mod:`lambdaskip.experiments.sweep`, imported when a command runs)."""
+"""The ``lambdaskip train`` and ``lambdaskip sweep`` subcommands: parse the options into a
+:class:`~lambdaskip.training.TrainConfig` (and a :class:`~lambdaskip.training.SweepConfig`), then call
+:func:`lambdaskip.training.train` or :func:`lambdaskip.training.run_sweep` (imported when a command runs)."""
 from __future__ import annotations
 
 import argparse
 import sys
+
+from lambdaskip.cli.flags import add_alias
+from lambdaskip.modules import ARCHS
+
+
+def _checkpoint_arg(value: str) -> str | int:
+    if value == "block":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes 'block' or a positive int, got {value!r}") from None
+
 
 # TrainConfig fields settable from the command line: (flag, type, help). Defaults come from TrainConfig
 # (or TrainConfig.paper_mqar with --paper-size); a flag left out keeps the default.
 _FIELDS = [
     ("--depth", int, "blocks in the stack (default 2)"),
     ("--d-model", int, "token width (default 64)"),
-    ("--n-heads", int, "attention heads (default 2)"),
+    ("--nheads", int, "attention heads (default 2)"),
     ("--d-state", int, "SSM state size for mamba2 and s4d (default 16)"),
     ("--headdim", int, "Mamba-2 head dimension (default 16)"),
     ("--norm", str, "post-norm of every λ-skip: layernorm, rmsnorm or l2 (default layernorm)"),
@@ -26,16 +40,20 @@ _FIELDS = [
     ("--probe-batch", int, "evaluation sequences used for μ per layer (default 8)"),
     ("--device", str, "auto, cpu or cuda (default auto)"),
     ("--threads", int, "CPU threads per process, 0 = PyTorch's default; 1 is fastest for small models"),
+    ("--checkpoint", _checkpoint_arg, "activation checkpointing: 'block' (every block) or K (every K blocks), "
+                                      "recomputed in the backward; for deep stacks (default none)"),
 ]
 _MQAR_FIELDS = [
     ("--vocab-size", int, "vocabulary; keys from the lower half, values from the upper (default 128)"),
-    ("--seq-len", int, "sequence length (default 64)"),
+    ("--seqlen", int, "sequence length (default 64)"),
     ("--num-pairs", int, "key-value pairs per sequence (default 8)"),
     ("--power-a", float, "power-law exponent of the query gaps (default 0.01)"),
     ("--filler", str, "filler tokens: zero or random (default zero)"),
     ("--num-train", int, "training sequences (default 20000)"),
     ("--num-test", int, "test sequences (default 1000)"),
 ]
+# Former spellings, still accepted (hidden from --help).
+_ALIASES = [("--n-heads", "--nheads", int), ("--seq-len", "--seqlen", int)]
 _IMAGE_FIELDS = [
     ("--image", str, "'digits' (scikit-learn's 8x8 digits, an offline substitute) or a folder of CIFAR-10 "
                      "python batches for LRA-Image (default digits)"),
@@ -43,15 +61,17 @@ _IMAGE_FIELDS = [
 ]
 
 
-def _dest(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
+def _dest(option: str) -> str:
+    return option.lstrip("-").replace("-", "_")
 
 
 def _add_model_and_task_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", choices=("mqar", "image"), help="mqar or image (sequence classification)")
-    parser.add_argument("--arch", choices=("attention", "mamba2", "s4d"), default="attention")
-    for flag, kind, text in _FIELDS + _MQAR_FIELDS + _IMAGE_FIELDS:
-        parser.add_argument(flag, type=kind, default=None, help=text)
+    parser.add_argument("--arch", choices=ARCHS, default="attention")
+    for option, kind, text in _FIELDS + _MQAR_FIELDS + _IMAGE_FIELDS:
+        parser.add_argument(option, type=kind, default=None, help=text)
+    for old, option, kind in _ALIASES:
+        add_alias(parser, old, _dest(option), type=kind)
     parser.add_argument("--paper-size", action="store_true",
                         help="MQAR as in the paper: L=512, 64 pairs, vocab 8192, d=128, state 64, 100k/3k, 64 epochs")
     parser.add_argument("--no-mlp", action="store_true", help="blocks without the MLP sub-layer")
@@ -62,10 +82,10 @@ def _add_model_and_task_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, **overrides):
     """A validated TrainConfig from parsed arguments; ``overrides`` win over the arguments."""
-    from lambdaskip.experiments.trainer import TrainConfig
+    from lambdaskip.training import TrainConfig
     if args.paper_size and args.task != "mqar":
         raise ValueError("--paper-size applies to the mqar task only")
-    values = {_dest(flag): getattr(args, _dest(flag)) for flag, _, _ in _FIELDS + _MQAR_FIELDS + _IMAGE_FIELDS}
+    values = {_dest(option): getattr(args, _dest(option)) for option, _, _ in _FIELDS + _MQAR_FIELDS + _IMAGE_FIELDS}
     values = {k: v for k, v in values.items() if v is not None}
     values.update(task=args.task, arch=args.arch, mlp=not args.no_mlp, positions=not args.no_positions,
                   amp=not args.no_amp, progress=not args.quiet)
@@ -75,26 +95,21 @@ def config_from_args(args: argparse.Namespace, **overrides):
     return config
 
 
-def _leave_process_group() -> None:
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def _fail(command: str, error: Exception) -> int:
     print(f"lambdaskip {command}: error: {error}", file=sys.stderr)
     return 2
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from lambdaskip.experiments.trainer import train
+    from lambdaskip.training import train
+    from lambdaskip.training.distributed import leave_process_group
     try:
         config = config_from_args(args, out=args.out, lam=args.lam, learnable=args.learnable)
         summary = train(config, resume=not args.no_resume)
     except (ValueError, FileNotFoundError, ImportError) as error:
         return _fail("train", error)
     finally:
-        _leave_process_group()
+        leave_process_group()
     final = summary["final"]
     if final is not None and summary["rank"] == 0:
         state = "finished" if summary["finished"] else "stopped"
@@ -116,13 +131,16 @@ def add_train_subcommand(commands) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    from lambdaskip.experiments.sweep import run_sweep
+    from lambdaskip.training import SweepConfig, run_sweep
+    from lambdaskip.training.distributed import leave_process_group
     try:
-        run_sweep(args)
+        sweep = SweepConfig(out=args.out, archs=args.archs, lams=args.lams, learnable_inits=args.learnable_inits,
+                            lrs=args.lrs, seeds=args.seeds)
+        run_sweep(sweep, config_from_args(args, out=args.out))
     except (ValueError, FileNotFoundError, ImportError) as error:
         return _fail("sweep", error)
     finally:
-        _leave_process_group()
+        leave_process_group()
     return 0
 
 
@@ -132,7 +150,7 @@ def add_sweep_subcommand(commands) -> None:
                                  description="Runs (or resumes) one training run per combination into OUT/runs/, "
                                              "then writes OUT/results.csv, OUT/results.md and PNG plots.")
     _add_model_and_task_arguments(parser)
-    parser.add_argument("--archs", nargs="+", choices=("attention", "mamba2", "s4d"), default=None,
+    parser.add_argument("--archs", nargs="+", choices=ARCHS, default=None,
                         help="architectures (default: --arch)")
     parser.add_argument("--lams", type=float, nargs="*", default=[-2.0, -1.0, 0.0, 1.0, 2.0], help="fixed λ values")
     parser.add_argument("--learnable-inits", type=float, nargs="*", default=[-1.0, 1.0],
@@ -143,7 +161,7 @@ def add_sweep_subcommand(commands) -> None:
     parser.set_defaults(run=_run_sweep)
 
 
-def add_training_subcommands(commands) -> None:
+def add_subcommands(commands) -> None:
     """Register ``train`` and ``sweep``."""
     add_train_subcommand(commands)
     add_sweep_subcommand(commands)

@@ -1,6 +1,6 @@
 """PNG plots of a collapse study (matplotlib is optional: the ``plot`` extra).
 
-Both functions take the results dict of :func:`lambdaskip.experiments.collapse.run_study` and return PNG
+Both functions take the results dict of :func:`lambdaskip.studies.collapse.run_study` and return PNG
 bytes, so the caller writes them atomically.
 """
 from __future__ import annotations
@@ -64,6 +64,8 @@ def per_layer_png(results: dict) -> bytes:
             ax.fill_between(layers, low, [m + s for m, s in zip(mean, std)], color=color, alpha=0.18, lw=0)
         ax.set_title(panel, fontsize=10)
         ax.set_xlabel("layer")
+        if len(mean) > 129:       # deep stacks: a log depth axis (layer 0, the input, on its linear part)
+            ax.set_xscale("symlog", linthresh=1.0)
         if metric == "mu":
             ax.set_yscale("log")
             ax.set_ylabel("μ(Y)")
@@ -95,5 +97,39 @@ def final_vs_lambda_png(results: dict) -> bytes:
     ax.set_ylabel(f"normalised μ at layer {results['config']['depth']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    ax.set_title(_subtitle(results), fontsize=8)
+    return _png(fig)
+
+
+def depth_of_collapse_png(results: dict) -> bytes:
+    """The depth of collapse against λ (symmetric-log λ axis, log depth axis), one line per variant: the first
+    layer where the mean normalised μ falls below the threshold (filled markers) and where it has halved
+    (open markers); λ values that never collapse within the depth are drawn at the top, marked "never"."""
+    plt = _pyplot()
+    config = results["config"]
+    K = config["depth"]
+    never = 1.5 * K
+    fig, ax = plt.subplots(figsize=(6.8, 4.4), layout="constrained")
+    for index, panel in enumerate(_panels(results)):
+        rows = sorted((row for row in results["summary"] if row["variant"] == panel), key=lambda r: r["lam"])
+        lams = [r["lam"] for r in rows]
+        color = f"C{index}"
+        for key, marker, fill in (("collapse_depth", "o", color), ("half_depth", "s", "none")):
+            depths = [never if r[key] is None else r[key] for r in rows]
+            ax.plot(lams, depths, marker=marker, mfc=fill, color=color, lw=1.2 if key == "collapse_depth" else 0.6,
+                    ls="-" if key == "collapse_depth" else ":",
+                    label=f"{panel}: {'collapsed' if key == 'collapse_depth' else 'halved'}")
+    ax.axhline(K, color="0.5", lw=0.8)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_yscale("log")
+    lams = sorted({row["lam"] for row in results["summary"]})
+    ax.set_xticks(lams, [f"{lam:g}" for lam in lams], fontsize=8)
+    ticks = [t for t in (1, 10, 100, 1000) if t < K] + [K, never]
+    ax.set_yticks(ticks, [str(t) for t in ticks[:-1]] + ["never"])
+    ax.minorticks_off()
+    ax.set_xlabel("λ")
+    ax.set_ylabel(f"first layer with normalised μ < {config['collapse_threshold']:g} (●) / halved (□)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(_subtitle(results), fontsize=8)
     return _png(fig)

@@ -8,44 +8,65 @@ interrupted sweep continues where it stopped. At the end rank 0 writes
   over seeds;
 - ``accuracy_vs_lambda.png`` (accuracy against λ per arch; learnable λ plotted at its initial value) and
   ``mu_over_training.png`` (normalised μ after every layer, over the epochs, one panel per arch and setting);
-- ``sweep.json``: the command's arguments, the resolved base configuration, data source and versions.
+- ``sweep.json``: the :class:`SweepConfig`, the base configuration, data source and versions.
 """
 from __future__ import annotations
 
-import argparse
 import csv
+import dataclasses
 import io
 import json
 import statistics
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from lambdaskip.experiments.commands import config_from_args
-from lambdaskip.experiments.records import atomic_write, versions
-from lambdaskip.experiments.trainer import train
+from lambdaskip.common import atomic_write, versions
+from lambdaskip.training.config import TrainConfig
+from lambdaskip.training.loop import train
+
+
+@dataclass
+class SweepConfig:
+    """What a sweep varies around its base :class:`~lambdaskip.training.TrainConfig`.
+
+    out: the sweep folder; archs: architectures (None: the base's); lams: fixed λ values; learnable_inits:
+    initial values of learnable λ; lrs: learning rates (None: the base's); seeds: seeds.
+    """
+    out: str
+    archs: list[str] | None = None
+    lams: list[float] = field(default_factory=lambda: [-2.0, -1.0, 0.0, 1.0, 2.0])
+    learnable_inits: list[float] = field(default_factory=lambda: [-1.0, 1.0])
+    lrs: list[float] | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
 
 
 def run_name(arch: str, lam: float, learnable: bool, lr: float, seed: int) -> str:
     return f"{arch}_{'learn' if learnable else 'fixed'}{lam:+g}_lr{lr:g}_s{seed}"
 
 
-def run_sweep(args: argparse.Namespace) -> list[dict]:
-    """Run every combination named by ``args`` (see ``lambdaskip sweep --help``); returns the rows."""
-    archs = args.archs or [args.arch]
-    settings = [(lam, False) for lam in args.lams] + [(lam, True) for lam in args.learnable_inits]
+def run_sweep(sweep: SweepConfig, base: TrainConfig) -> list[dict]:
+    """Train (or resume) every combination of ``sweep`` around ``base``; returns the rows.
+
+    Each run is ``base`` with its arch, λ, learnable flag, lr, seed and out replaced, validated first.
+    """
+    archs = sweep.archs or [base.arch]
+    settings = [(lam, False) for lam in sweep.lams] + [(lam, True) for lam in sweep.learnable_inits]
     if not settings:
         raise ValueError("nothing to run: give --lams and/or --learnable-inits")
-    base = config_from_args(args, out=args.out)
-    lrs = args.lrs or [base.lr]
-    out = Path(args.out)
+    if not sweep.seeds:
+        raise ValueError("no seed given")
+    lrs = sweep.lrs or [base.lr]
+    out = Path(sweep.out)
+    base = dataclasses.replace(base, out=sweep.out)
     rows, histories, rank, source = [], {}, 0, ""
     for arch in archs:
         for lam, learnable in settings:
             for lr in lrs:
-                for seed in args.seeds:
+                for seed in sweep.seeds:
                     name = run_name(arch, lam, learnable, lr, seed)
-                    config = config_from_args(args, arch=arch, lam=lam, learnable=learnable, lr=lr, seed=seed,
-                                              out=str(out / "runs" / name))
+                    config = dataclasses.replace(base, arch=arch, lam=lam, learnable=learnable, lr=lr, seed=seed,
+                                                 out=str(out / "runs" / name))
+                    config.validate()
                     summary = train(config)
                     rank = summary["rank"]
                     final = summary["final"]
@@ -61,7 +82,7 @@ def run_sweep(args: argparse.Namespace) -> list[dict]:
         out.mkdir(parents=True, exist_ok=True)
         _write_rows(out / "results.csv", rows)
         atomic_write(out / "results.md", summary_table(rows, source).encode())
-        record = {"args": {k: v for k, v in vars(args).items() if k != "run"}, "base_config": asdict(base),
+        record = {"sweep": asdict(sweep), "base_config": asdict(base),
                   "varied_per_run": ["arch", "lam", "learnable", "lr", "seed", "out"],
                   "data_source": source, "versions": versions()}
         atomic_write(out / "sweep.json", json.dumps(record, indent=1).encode())

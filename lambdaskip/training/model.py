@@ -1,4 +1,4 @@
-"""Sequence models for the training studies: token embedding → λ-skip stack → head."""
+"""Sequence models for the trainer: token embedding → λ-skip stack → head, and the model of a run."""
 from __future__ import annotations
 
 import torch
@@ -15,13 +15,14 @@ class SequenceModel(nn.Module):
     Args:
         vocab_size: number of input tokens.
         num_outputs: classes predicted by the head.
-        arch, depth, d_model, lam, learnable, norm, mlp: passed to :func:`lambdaskip.modules.build_stack`
-            (one block = mixer + λ-skip post-norm, with ``mlp`` an MLP + its own λ-skip post-norm).
+        arch, depth, d_model, lam, learnable, norm, mlp, checkpoint: passed to
+            :func:`lambdaskip.modules.build_stack` (one block = mixer + λ-skip post-norm, with ``mlp`` an MLP +
+            its own λ-skip post-norm; ``checkpoint`` = None, ``"block"`` or k: activation checkpointing).
         head: ``"token"`` (a prediction per position, for MQAR) or ``"pooled"`` (mean over positions,
             one prediction per sequence, for classification).
         max_len: > 0 adds learned position embeddings for sequences up to this length; 0 adds none.
         seed: parameters are drawn from this seed without touching the global RNG.
-        mixer_kwargs: passed to the mixer (e.g. ``n_heads``, ``causal``, ``d_state``, ``headdim``).
+        mixer_kwargs: passed to the mixer (e.g. ``nheads``, ``causal``, ``d_state``, ``headdim``).
 
     Shapes: ``forward(tokens)`` with tokens (batch, seqlen) int64 returns logits (batch, seqlen,
     num_outputs) for the token head, (batch, num_outputs) for the pooled head.
@@ -29,7 +30,8 @@ class SequenceModel(nn.Module):
 
     def __init__(self, vocab_size: int, num_outputs: int, arch: str, depth: int, d_model: int,
                  lam: float = 1.0, learnable: bool = False, norm: str | None = "layernorm", mlp: bool = True,
-                 head: str = "token", max_len: int = 0, seed: int = 0, **mixer_kwargs):
+                 head: str = "token", max_len: int = 0, seed: int = 0, checkpoint: str | int | None = None,
+                 **mixer_kwargs):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -45,7 +47,7 @@ class SequenceModel(nn.Module):
             self.positions = nn.Parameter(0.02 * torch.randn(max_len, d_model)) if max_len else None
             self.head = nn.Linear(d_model, num_outputs)
         self.stack = build_stack(arch, depth, d_model, lam=lam, learnable=learnable, norm=norm, mlp=mlp,
-                                 seed=seed + 1, **mixer_kwargs)
+                                 seed=seed + 1, checkpoint=checkpoint, **mixer_kwargs)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.dim() != 2 or tokens.dtype != torch.int64:
@@ -68,3 +70,15 @@ class SequenceModel(nn.Module):
             if block.mlp_skip is not None:
                 out[f"lam{k}_mlp"] = block.mlp_skip.lam.item()
         return out
+
+
+def build_model(config, facts: dict) -> SequenceModel:
+    """The model of a :class:`~lambdaskip.training.TrainConfig` for the task ``facts`` of
+    :func:`lambdaskip.training.data.load_data` (vocab, outputs, head, seqlen)."""
+    mixer = {"attention": dict(nheads=config.nheads, causal=config.task == "mqar"),
+             "mamba2": dict(d_state=config.d_state, headdim=config.headdim, chunk_size=64),
+             "s4d": dict(d_state=config.d_state)}[config.arch]
+    return SequenceModel(facts["vocab"], facts["outputs"], config.arch, config.depth, config.d_model,
+                         lam=config.lam, learnable=config.learnable, norm=config.norm, mlp=config.mlp,
+                         head=facts["head"], max_len=facts["seqlen"] if config.positions else 0,
+                         seed=config.seed, checkpoint=config.checkpoint, **mixer)

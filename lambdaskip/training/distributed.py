@@ -1,0 +1,72 @@
+"""Where a training process runs: one process, or one rank of many under ``torchrun`` (DDP).
+
+Under ``torchrun --nproc_per_node=N`` (``WORLD_SIZE`` > 1 in the environment) the run joins a process
+group (nccl on CUDA, gloo on CPU). ``batch_size`` is the global batch: every rank takes its own contiguous
+1/N of each global batch.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Placement:
+    """This process's rank, the number of ranks and its device."""
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_placement(config) -> Placement:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1) and pick this rank's device.
+
+    ``config`` (a :class:`~lambdaskip.training.TrainConfig`) gives ``device`` ("auto", "cpu" or "cuda") and
+    ``batch_size``, the global batch, which must divide evenly over the ranks.
+    """
+    device, batch_size = config.device, config.batch_size
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but CUDA is not available")
+    where = torch.device("cpu")
+    if want_cuda:
+        where = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(where)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if batch_size % world:
+        raise ValueError(f"batch_size={batch_size} (global) must be divisible by the {world} ranks")
+    return Placement(rank, world, where)
+
+
+def all_sum(values: list[float], placement: Placement) -> list[float]:
+    """``values`` summed over the ranks (float64)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=placement.device)
+    if placement.world > 1:
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def all_gather_rows(values: list[float], placement: Placement) -> list[list[float]]:
+    """Every rank's ``values`` (one row per rank), gathered with all_gather."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=placement.device)
+    if placement.world == 1:
+        return [tensor.tolist()]
+    gathered = [torch.empty_like(tensor) for _ in range(placement.world)]
+    dist.all_gather(gathered, tensor)
+    return [row.tolist() for row in gathered]
+
+
+def leave_process_group() -> None:
+    """Destroy the process group if this process joined one."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,267 @@
+"""Training loop for MQAR and image-sequence classification, on one process or many (torchrun + DDP).
+
+One run = one :class:`TrainConfig` and one output folder holding
+
+- ``checkpoint.pt``: model, optimizer, scheduler, RNG states, history and config, rewritten atomically
+  (temporary file + ``os.replace``) after every epoch; loadable with ``torch.load(weights_only=True)``.
+- ``metrics.csv`` / ``metrics.json``: one row per epoch (losses, accuracies, learning rate, every λ,
+  normalised μ after every layer on a fixed evaluation batch), the config and library versions.
+- ``summary.json``: written when the run ends (all epochs done, or the target accuracy reached).
+
+Exact resume: the data order of epoch e comes from a generator seeded with (seed, e) alone, so a run
+restarted from its checkpoint after epoch e replays the same batches, optimizer and schedule state and
+ends with the same weights as an uninterrupted run.
+
+Distributed: under ``torchrun --nproc_per_node=N`` (``WORLD_SIZE`` > 1 in the environment) the run
+joins a process group (nccl on CUDA, gloo on CPU) and wraps the model in DistributedDataParallel.
+``batch_size`` is the global batch: every rank takes its own contiguous 1/N of each global batch, and
+DDP averages gradients, which equals the single-process gradient because every example carries the same
+number of labels (MQAR: ``num_pairs``; classification: 1). Parameters, λ included, stay identical on all
+ranks since DDP applies the same averaged gradient everywhere. Evaluation is sharded and summed with
+``all_reduce``; rank 0 writes the files.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from lambdaskip.common import atomic_write, versions
+from lambdaskip.metrics import CollapseProbe
+from lambdaskip.training.checkpoint import CHECKPOINT, check_resumable, load_checkpoint, save_checkpoint
+from lambdaskip.training.config import TrainConfig
+from lambdaskip.training.data import IGNORE_INDEX, load_data
+from lambdaskip.training.distributed import Placement, all_gather_rows, all_sum, setup_placement
+from lambdaskip.training.model import SequenceModel, build_model
+from lambdaskip.training.optim import WarmupCosine, build_optimizer, epoch_order
+
+METRICS_CSV, METRICS_JSON, SUMMARY = "metrics.csv", "metrics.json", "summary.json"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# evaluation and logging
+
+def _loss_and_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """(mean cross-entropy over labelled positions, correct predictions, labelled positions)."""
+    logits, labels = logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1)
+    loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+    mask = labels != IGNORE_INDEX
+    return loss, int((logits.argmax(-1)[mask] == labels[mask]).sum()), int(mask.sum())
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset, config: TrainConfig, placement: Placement) -> tuple[float, float]:
+    """(mean loss, accuracy) over labelled positions of ``dataset``, each rank evaluating every world-th
+    example and the sums combined with all_reduce."""
+    model.eval()
+    tokens, labels = (t[placement.rank::placement.world] for t in dataset.tensors)
+    loss_sum = hits = count = 0.0
+    for start in range(0, len(tokens), config.eval_batch_size):
+        x = tokens[start:start + config.eval_batch_size].to(placement.device)
+        y = labels[start:start + config.eval_batch_size].to(placement.device)
+        with _autocast(config, placement):
+            logits = model(x)
+        loss, batch_hits, batch_count = _loss_and_hits(logits, y)
+        loss_sum, hits, count = loss_sum + float(loss) * batch_count, hits + batch_hits, count + batch_count
+    loss_sum, hits, count = all_sum([loss_sum, hits, count], placement)
+    return loss_sum / count, hits / count
+
+
+@torch.no_grad()
+def probe_mu(model: SequenceModel, dataset, config: TrainConfig, placement: Placement) -> list[float]:
+    """Normalised μ (mean over the first ``probe_batch`` evaluation sequences) at the stack's input and
+    after every block."""
+    model.eval()
+    tokens = dataset.tensors[0][: config.probe_batch].to(placement.device)
+    with CollapseProbe(model.stack.blocks, metrics=("normalized_mu",)) as probe:
+        model(tokens)
+    return probe.trajectory("normalized_mu").mean(dim=1).tolist()
+
+
+class TrainingMu:
+    """μ of every block's output during the training steps themselves, from the λ-skips' telemetry
+    (:attr:`lambdaskip.modules.LambdaSkip.track_mu`: on CUDA the fused λ-norm kernel computes μ in the same
+    pass as the norm, so logging costs almost nothing). Raw μ, averaged over the sequences of each step and
+    over the epoch's steps; under DDP each rank sees its own shard (the main rank's values are logged)."""
+
+    def __init__(self, model: SequenceModel, device: torch.device):
+        self.skips = [block.mlp_skip or block.skip for block in model.stack.blocks]
+        for skip in self.skips:
+            skip.track_mu = True
+        self.sums = torch.zeros(len(self.skips), dtype=torch.float64, device=device)
+        self.steps = 0
+
+    def record_step(self) -> None:
+        """Add the last forward's μ (kept on the device: no synchronisation per step)."""
+        self.sums += torch.stack([skip.last_mu.double().mean() for skip in self.skips])
+        self.steps += 1
+
+    def epoch_row(self) -> dict[str, float]:
+        """``{"train_mu1": ..., "train_mu<depth>": ...}`` for the epoch so far, then reset."""
+        means = (self.sums / max(self.steps, 1)).tolist()
+        self.sums.zero_()
+        self.steps = 0
+        return {f"train_mu{k}": v for k, v in enumerate(means, start=1)}
+
+
+def _autocast(config: TrainConfig, placement: Placement):
+    if config.amp and placement.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _write_metrics(out: Path, history: list[dict], meta: dict) -> None:
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write(out / METRICS_CSV, text.getvalue().encode())
+    atomic_write(out / METRICS_JSON, json.dumps({**meta, "history": history}, indent=1).encode())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the run
+
+def train(config: TrainConfig, *, resume: bool = True, stop_after: int | None = None) -> dict:
+    """Train (or resume) one run and return its summary.
+
+    Args:
+        config: the run; ``config.out`` is its folder.
+        resume: continue from ``out/checkpoint.pt`` when it exists; False raises if it exists
+            (a finished or started run is never overwritten).
+        stop_after: leave after this many epochs in this call (the checkpoint allows resuming), as a job
+            with a time limit would; None runs to the end.
+    Returns:
+        the summary dict (also written to ``out/summary.json`` when the run has ended).
+    """
+    config.validate()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    placement = setup_placement(config)
+    out = Path(config.out)
+    checkpoint_path = out / CHECKPOINT
+    checkpoint = None
+    if checkpoint_path.exists():
+        if not resume:
+            raise ValueError(f"{checkpoint_path} exists: resume it, or choose another --out")
+        checkpoint = load_checkpoint(checkpoint_path)
+        check_resumable(checkpoint["config"], config)
+    if placement.main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    data, facts = load_data(config)
+    model = build_model(config, facts).to(placement.device)
+    optimizer = build_optimizer(model, config)
+    steps_per_epoch = len(data["train"]) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size={config.batch_size} exceeds the {len(data['train'])} training examples")
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, WarmupCosine(int(config.warmup_frac * total_steps), total_steps))
+    history: list[dict] = []
+    start_epoch, finished = 0, False
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if placement.device.type == "cuda" and checkpoint["rng"]["cuda"].numel():
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], placement.device)
+        history, start_epoch, finished = checkpoint["history"], checkpoint["epoch"], checkpoint["finished"]
+    wrapped = model
+    if placement.world > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[placement.device.index] if placement.device.type == "cuda" else None,
+            broadcast_buffers=False)  # the only buffers are fixed λ values, identical from construction
+
+    meta = {"config": asdict(config), "data_source": facts["source"], "world_size": placement.world,
+            "device": str(placement.device), "versions": versions(),
+            "parameters": sum(p.numel() for p in model.parameters())}
+    tokens, labels = data["train"].tensors
+    per_rank = config.batch_size // placement.world
+    training_mu = TrainingMu(model, placement.device)
+    epochs_run = 0
+    while not finished and start_epoch + epochs_run < config.epochs:
+        if stop_after is not None and epochs_run >= stop_after:
+            break
+        epoch = start_epoch + epochs_run
+        order = epoch_order(len(tokens), config.seed, epoch)
+        wrapped.train()
+        began, loss_sum = time.perf_counter(), 0.0
+        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", config, placement)
+        for step in range(steps_per_epoch):
+            index = order[step * config.batch_size + placement.rank * per_rank:][:per_rank]
+            x, y = tokens[index].to(placement.device), labels[index].to(placement.device)
+            with _autocast(config, placement):
+                logits = wrapped(x)
+            training_mu.record_step()
+            loss, _, _ = _loss_and_hits(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item()
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if bar is not None:
+            bar.close()
+        train_loss = all_sum([loss_sum / steps_per_epoch], placement)[0] / placement.world
+        eval_loss, eval_acc = evaluate(model, data["eval"], config, placement)
+        row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch, "lr": scheduler.get_last_lr()[0],
+               "train_loss": train_loss, "eval_loss": eval_loss, "eval_acc": eval_acc}
+        if "test" in data:
+            row["test_loss"], row["test_acc"] = evaluate(model, data["test"], config, placement)
+        row["seconds"] = time.perf_counter() - began
+        row.update(model.lams())
+        row.update({f"mu{k}": v for k, v in enumerate(probe_mu(model, data["eval"], config, placement))})
+        row.update(training_mu.epoch_row())
+        history.append(row)
+        epochs_run += 1
+        finished = (epoch + 1 == config.epochs) or (config.target_acc is not None and eval_acc >= config.target_acc)
+        if placement.main:
+            save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch + 1, history, config, finished,
+                            placement.device)
+            _write_metrics(out, history, meta)
+            if config.progress:
+                print(_describe(row), flush=True)
+        if placement.world > 1:
+            dist.barrier()
+    summary = {**meta, "rank": placement.rank, "lams_by_rank": _lams_by_rank(model, placement),
+               "finished": finished, "epochs_done": len(history), "history": history,
+               "final": history[-1] if history else None,
+               "best_eval_acc": max((row["eval_acc"] for row in history), default=None)}
+    if finished and placement.main:
+        atomic_write(out / SUMMARY, json.dumps({k: v for k, v in summary.items() if k != "rank"}, indent=1).encode())
+    return summary
+
+
+def _lams_by_rank(model: SequenceModel, placement: Placement) -> list[list[float]]:
+    """Every rank's λ values, gathered with all_gather: equal rows show the ranks agree."""
+    return all_gather_rows(list(model.lams().values()), placement)
+
+
+def _progress(total: int, description: str, config: TrainConfig, placement: Placement):
+    if not (config.progress and placement.main):
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=description, leave=False, dynamic_ncols=True)
+
+
+def _describe(row: dict) -> str:
+    lams = " ".join(f"{v:+.2f}" for k, v in row.items() if k.startswith("lam") and not k.endswith("_mlp"))
+    mus = " ".join(f"{v:.2f}" for k, v in row.items() if k.startswith("mu"))
+    return (f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, eval loss {row['eval_loss']:.4f}, "
+            f"eval acc {row['eval_acc']:.4f}, λ [{lams}], μ/‖Y‖ [{mus}], {row['seconds']:.1f}s")
+
