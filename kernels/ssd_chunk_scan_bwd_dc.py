@@ -18,8 +18,7 @@ import triton.language as tl
 from lambdaskip.kernels.ssd_configs import configs
 
 
-@triton.autotune(configs=configs([{"BLOCK_M": 64, "BLOCK_S": 32}, {"BLOCK_M": 64, "BLOCK_S": 64},
-                                  {"BLOCK_M": 32, "BLOCK_S": 32}], {"BLOCK_M": 32, "BLOCK_S": 32}, warps=(4, 8)),
+@triton.autotune(configs=configs("_chunk_scan_bwd_dc_kernel"),
                  key=["CHUNK", "BLOCK_N", "BLOCK_P"])
 @triton.jit
 def _chunk_scan_bwd_dc_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dt_chunked_ptr, dA_cumsum_ptr, states_ptr, dC_ptr,

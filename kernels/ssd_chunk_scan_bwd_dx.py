@@ -18,7 +18,7 @@ import triton.language as tl
 from lambdaskip.kernels.ssd_configs import configs
 
 
-@triton.autotune(configs=configs([{"BLOCK": 32}, {"BLOCK": 64}], {"BLOCK": 32}, warps=(4, 8)),
+@triton.autotune(configs=configs("_chunk_scan_bwd_dx_kernel"),
                  key=["CHUNK", "BLOCK_N", "BLOCK_P"])
 @triton.jit
 def _chunk_scan_bwd_dx_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dt_chunked_ptr, dA_cumsum_ptr, d_states_ptr, dx_ptr,

@@ -17,7 +17,7 @@ import triton.language as tl
 from lambdaskip.kernels.ssd_configs import configs
 
 
-@triton.autotune(configs=configs([{"BLOCK_S": 32}, {"BLOCK_S": 64}], {"BLOCK_S": 32}, warps=(4, 8)),
+@triton.autotune(configs=configs("_chunk_state_kernel"),
                  key=["CHUNK", "BLOCK_P", "BLOCK_N", "DECAY_TO_END"])
 @triton.jit
 def _chunk_state_kernel(x_ptr, v_ptr, dt_chunked_ptr, dA_cumsum_ptr, out_ptr,
