@@ -47,7 +47,7 @@ def _states(x, dt, A, B, chunk_size, initial_states):
     return dt_chunked, dA_cumsum, state_passing(added, dA_cumsum, initial_states)
 
 
-def ssd_forward(x, dt, A, B, C, chunk_size, initial_states=None):
+def ssd_forward(x, dt, A, B, C, chunk_size, initial_states=None, seq_idx=None, cu_seqlens=None):
     """The scan ``y_t = C_t·h_t``, ``h_t = exp(dt_t A) h_{t−1} + dt_t x_t ⊗ B_t`` (no D, no gate).
 
     Args:
@@ -57,9 +57,11 @@ def ssd_forward(x, dt, A, B, C, chunk_size, initial_states=None):
     Returns:
         y (b, l, h, p) float32 and the final state (b, h, p, n) float32.
     """
+    if seq_idx is not None or cu_seqlens is not None:
+        raise NotImplementedError("packed sequences")
     dt_chunked, dA_cumsum, states = _states(x, dt, A, B, chunk_size, initial_states)
     y = chunk_scan(x, B, C, dt_chunked, dA_cumsum, states)
-    return y, states[:, -1].clone()
+    return y, states[:, -1].clone(), x.new_empty((0,) + states.shape[2:], dtype=torch.float32)
 
 
 def _sum_heads_per_group(per_head: torch.Tensor, ngroups: int) -> torch.Tensor:
@@ -68,7 +70,7 @@ def _sum_heads_per_group(per_head: torch.Tensor, ngroups: int) -> torch.Tensor:
     return per_head.view(b, l, ngroups, h // ngroups, n).sum(dim=3)
 
 
-def ssd_backward(dy, d_final, x, dt, A, B, C, chunk_size, initial_states=None):
+def ssd_backward(dy, d_final, x, dt, A, B, C, chunk_size, initial_states=None, seq_idx=None):
     """Gradients of :func:`ssd_forward`.
 
     Args:

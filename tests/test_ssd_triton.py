@@ -10,33 +10,9 @@ import torch
 from lambdaskip.ops.ssd import ssd_scan
 from lambdaskip.reference.ssd import ssd_scan_chunked
 from lambdaskip.testing import assert_close
+from ssd_inputs import DEVICE, F64, make_inputs
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-F64 = torch.float64
 NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
-
-
-def make_inputs(b, l, h, p, n, g, *, seed, dtype, D_shape=None, z=False, dt_bias=False, initial_states=False):
-    """Random SSD inputs in ``dtype`` on DEVICE (A < 0, dt > 0, as in Mamba-2), as a name → tensor dict."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(*shape, scale=1.0, shift=0.0):
-        return (torch.randn(*shape, generator=gen, dtype=F64) * scale + shift).to(dtype=dtype, device=DEVICE)
-
-    t = {"x": rand(b, l, h, p), "dt": rand(b, l, h, scale=0.3).abs() + 0.05,
-         "A": (-torch.rand(h, generator=gen, dtype=F64) * 1.5 - 0.1).to(dtype=dtype, device=DEVICE),
-         "B": rand(b, l, g, n), "C": rand(b, l, g, n)}
-    if D_shape == "h":
-        t["D"] = rand(h)
-    elif D_shape == "hp":
-        t["D"] = rand(h, p)
-    if z:
-        t["z"] = rand(b, l, h, p)
-    if dt_bias:
-        t["dt_bias"] = rand(h, scale=0.5, shift=-1.0)
-    if initial_states:
-        t["initial_states"] = rand(b, h, p, n)
-    return t
 
 
 def run(inputs, chunk_size, backend, *, dt_softplus=False, dt_limit=(0.0, float("inf")), grads_of=None, seed=0):
@@ -63,7 +39,7 @@ def check_against_float64(inputs, chunk_size, dtype, **kw):
     y, final, grads = run(inputs, chunk_size, "triton", grads_of=names, **kw)
     inputs64 = {k: v.to(F64) for k, v in inputs.items()}
     y64, final64, grads64 = run(inputs64, chunk_size, "float64", grads_of=names, **kw)
-    assert y.dtype == dtype and final.dtype == dtype
+    assert y.dtype == dtype and final.dtype == torch.float32  # final states in float32, as mamba_ssm
     assert_close(y, y64, dtype, "y")
     assert_close(final, final64, dtype, "final_states")
     for name in names:
@@ -144,22 +120,23 @@ def test_triton_without_final_state_gradient():
 
 def _op_args(seed=7):
     t = make_inputs(1, 20, 2, 16, 16, 1, seed=seed, dtype=torch.float32, initial_states=True)
-    return t["x"], t["dt"], t["A"], t["B"], t["C"], 16, t["initial_states"]
+    return t["x"], t["dt"], t["A"], t["B"], t["C"], 16, t["initial_states"], None, None
 
 
 def test_opcheck_forward():
-    x, dt, A, B, C, chunk_size, h0 = _op_args()
-    args = (x.requires_grad_(), dt.requires_grad_(), A.requires_grad_(), B, C, chunk_size, h0.requires_grad_())
-    torch.library.opcheck(torch.ops.lambdaskip.ssd_chunk_scan.default, args)
+    x, dt, A, B, C, chunk_size, h0, seq_idx, cu_seqlens = _op_args()
+    args = (x.requires_grad_(), dt.requires_grad_(), A.requires_grad_(), B, C, chunk_size, h0.requires_grad_(),
+            seq_idx, cu_seqlens)
+    torch.library.opcheck(torch.ops.lambdaskip.ssd_scan_core.default, args)
 
 
 def test_opcheck_backward():
-    x, dt, A, B, C, chunk_size, h0 = _op_args()
+    x, dt, A, B, C, chunk_size, h0, seq_idx, _ = _op_args()
     gen = torch.Generator().manual_seed(8)
     dy = torch.randn(x.shape, generator=gen).to(DEVICE)
     dfinal = torch.randn(h0.shape, generator=gen).to(DEVICE)
-    torch.library.opcheck(torch.ops.lambdaskip.ssd_chunk_scan_backward.default,
-                          (dy, dfinal, x, dt, A, B, C, chunk_size, h0))
+    torch.library.opcheck(torch.ops.lambdaskip.ssd_scan_core_backward.default,
+                          (dy, dfinal, x, dt, A, B, C, chunk_size, h0, seq_idx))
 
 
 def test_torch_compile_fullgraph():

@@ -94,14 +94,18 @@ class Mamba2Mixer(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         z, x, dt, B, C = self._project(u)
-        y = ops.ssd_scan(x, dt, -torch.exp(self.A_log.float()), B, C, chunk_size=self.chunk_size, D=self.D,
-                         dt_bias=self.dt_bias, dt_softplus=True).flatten(-2)
+        y = ops.ssd_scan(x, dt, self._A(), B, C, chunk_size=self.chunk_size, D=self.D, dt_bias=self.dt_bias,
+                         dt_softplus=True).flatten(-2)
         gate = z if self.gating else None
         if self.norm is not None:
             y = self.norm(y, gate)
         elif gate is not None:
             y = y * F.silu(gate)
         return self.out_proj(y)
+
+    def _A(self) -> torch.Tensor:
+        """A = -exp(A_log) (nheads,), in float32 (float64 in a float64 model)."""
+        return -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
 
     def ssd_inputs(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
         """The scan's inputs for ``u`` (batch, seqlen, d_model), as :meth:`forward` computes them.
