@@ -127,13 +127,15 @@ def test_triton_without_final_state_gradient():
         assert_close(leaves[name].grad, ref[name].grad, torch.float32, f"d{name}")
 
 
-def _op_args(seed=7):
+def _op_args(seed=7, packed=False):
     t = make_inputs(1, 20, 2, 16, 16, 1, seed=seed, dtype=torch.float32, initial_states=True)
-    return t["x"], t["dt"], t["A"], t["B"], t["C"], 16, t["initial_states"], None, None
+    seq_idx, cu_seqlens = packed_seq_idx((6, 11, 3)) if packed else (None, None)
+    return t["x"], t["dt"], t["A"], t["B"], t["C"], 16, t["initial_states"], seq_idx, cu_seqlens
 
 
-def test_opcheck_forward():
-    x, dt, A, B, C, chunk_size, h0, seq_idx, cu_seqlens = _op_args()
+@pytest.mark.parametrize("packed", [False, True])
+def test_opcheck_forward(packed):
+    x, dt, A, B, C, chunk_size, h0, seq_idx, cu_seqlens = _op_args(packed=packed)
     args = (x.requires_grad_(), dt.requires_grad_(), A.requires_grad_(), B, C, chunk_size, h0.requires_grad_(),
             seq_idx, cu_seqlens)
     torch.library.opcheck(torch.ops.lambdaskip.ssd_scan_core.default, args)
