@@ -35,7 +35,7 @@ LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 # sm_90 (H100/H200) per-SM limits, from NVIDIA's CUDA occupancy calculator / Hopper tuning guide.
 # Spills that no config avoids, with the largest tolerated (bytes of spill stores per thread) and why: a
 # kernel change is needed (it holds headdim × dstate of the state gradient plus two accumulators whole).
-KNOWN_SPILLS = {"_chunk_scan_bwd_dx_kernel": (32, "bf16 at (headdim 64, dstate 128) spills 20 B at its best "
+KNOWN_SPILLS = {"_chunk_scan_bwd_columns_kernel": (32, "bf16 at (headdim 64, dstate 128) spills 20 B at its best "
                                                   "config; needs dstate split into blocks or dx and dB in two kernels")}
 SM90 = {"registers": 65536, "register_unit": 256, "warps": 64, "blocks": 32, "shared": 233472,
         "shared_per_block": 232448, "shared_reserved": 1024, "shared_unit": 128}

@@ -20,16 +20,20 @@ GPU_CONFIGS = {
         ({"BLOCK_M": 128, "BLOCK_P": 64, "BLOCK_S": 32}, 8, 2),
     ],
     "_chunk_state_kernel": [({"BLOCK_S": s}, w, 2) for s in (32, 64) for w in (4, 8)],
+    "_chunk_state_varlen_kernel": [({"BLOCK_S": s}, w, 2) for s in (32, 64) for w in (4, 8)],
     # headdim and dstate are held whole: at (64, 128) only 8 warps and one stage stay below 255 registers
-    "_chunk_scan_bwd_dc_kernel": [({"BLOCK_M": m, "BLOCK_S": s}, 8, 1) for m, s in ((32, 32), (16, 32), (16, 16))],
-    # the smallest tile spills least (bf16 still 20 B/thread: needs a kernel change, see test_sm90_static)
-    "_chunk_scan_bwd_dx_kernel": [({"BLOCK": 16}, 8, 1)],
+    "_chunk_scan_bwd_rows_kernel": [({"BLOCK_M": m, "BLOCK_S": s}, 8, 1) for m, s in ((32, 32), (16, 32), (16, 16))],
+    # the smallest tile spills least (bf16 still spills: needs a kernel change, see test_sm90_static)
+    "_chunk_scan_bwd_columns_kernel": [({"BLOCK": 16}, 8, 1)],
+    "_ssd_step_kernel": [({"BLOCK_P": p}, w, 2) for p in (4, 8, 16) for w in (2, 4)],
 }
 INTERPRETER_CONFIGS = {
     "_chunk_scan_kernel": {"BLOCK_M": 32, "BLOCK_P": 32, "BLOCK_S": 32},
     "_chunk_state_kernel": {"BLOCK_S": 32},
-    "_chunk_scan_bwd_dc_kernel": {"BLOCK_M": 32, "BLOCK_S": 32},
-    "_chunk_scan_bwd_dx_kernel": {"BLOCK": 32},
+    "_chunk_state_varlen_kernel": {"BLOCK_S": 32},
+    "_chunk_scan_bwd_rows_kernel": {"BLOCK_M": 32, "BLOCK_S": 32},
+    "_chunk_scan_bwd_columns_kernel": {"BLOCK": 32},
+    "_ssd_step_kernel": {"BLOCK_P": 16},
 }
 
 
