@@ -39,9 +39,13 @@ def autotuned_kernels() -> dict:
     return found
 
 
-def ssd_cases() -> list:
+# The decode step's autotuned kernel runs outside the scan: checked by its own test below.
+STEP_KERNEL = "_ssd_step_kernel"
+
+
+def ssd_cases(names=None) -> list:
     cases, seen = [], set()
-    for name in sorted(autotuned_kernels()):
+    for name in sorted(names or set(autotuned_kernels()) - {STEP_KERNEL}):
         for config in gpu_configs(name):
             key = (name, tuple(sorted(config.kwargs.items())))
             key += () if interpreting() else (config.num_warps, config.num_stages)
@@ -64,19 +68,46 @@ def test_ssd_kernel_config_matches_float64(name, config, monkeypatch):
     weights = [torch.randn(b, l, h, p, generator=g, dtype=torch.float64), torch.randn(b, h, p, n, generator=g,
                                                                                       dtype=torch.float64)]
 
+    # the per-sequence final states run only for packed rows: two sequences, the boundary inside chunk 0
+    packed = {"cu_seqlens": torch.tensor([0, 45, l], device=DEVICE),
+              "return_varlen_states": True} if name == "_chunk_state_varlen_kernel" else {}
+
     def run(dtype, fn, **kw):
         leaves = {k: v.to(DEVICE, dtype).requires_grad_() for k, v in inputs.items()}
-        y, final = fn(*(leaves[k] for k in "x dt A B C".split()), 64, initial_states=leaves["initial_states"],
-                      return_final_states=True, **kw)
+        y, final, *varlen = fn(*(leaves[k] for k in "x dt A B C".split()), 64, initial_states=leaves["initial_states"],
+                               return_final_states=True, **packed, **kw)
         loss = (y.double() * weights[0].to(DEVICE)).sum() + (final.double() * weights[1].to(DEVICE)).sum()
-        return [y, final, *torch.autograd.grad(loss, list(leaves.values()))]
+        return [y, final, *varlen, *torch.autograd.grad(loss, list(leaves.values()))]
 
     with count_custom_ops() as calls:
         got = run(torch.float32, ssd_scan, backend="triton")
-    assert calls["ssd_chunk_scan"] == 1 and calls["ssd_chunk_scan_backward"] == 1, calls
+    assert calls["ssd_scan_core"] == 1 and calls["ssd_scan_core_backward"] == 1, calls
     want = run(torch.float64, ssd_scan_chunked)
-    for what, a, e in zip(["y", "final_states", *(f"d{k}" for k in inputs)], got, want):
+    names = ["y", "final_states", *(["varlen_states"] if packed else []), *(f"d{k}" for k in inputs)]
+    for what, a, e in zip(names, got, want, strict=True):
         assert_close(a, e, torch.float32, what=f"{name} {config}: {what}")
+
+
+@pytest.mark.parametrize("name,config", ssd_cases([STEP_KERNEL]))
+def test_ssd_step_kernel_config_matches_float64(name, config, monkeypatch):
+    """Each decode-step config (a BLOCK_P-row slice of the state per program) at headdim 20, dstate 24."""
+    from lambdaskip.ops import ssd_step
+    from lambdaskip.reference.ssd_step import ssd_step as reference_ssd_step
+    tuner = autotuned_kernels()[name]
+    monkeypatch.setattr(tuner, "configs", [config])
+    monkeypatch.setattr(tuner, "cache", {})
+    g = torch.Generator().manual_seed(zlib.crc32(f"{name}{config}".encode()))
+    b, h, p, n = 3, 2, 20, 24
+    args = [torch.randn(b, h, p, n, generator=g), torch.randn(b, h, p, generator=g), torch.rand(b, h, generator=g),
+            -0.1 - torch.rand(h, generator=g), torch.randn(b, 1, n, generator=g), torch.randn(b, 1, n, generator=g)]
+    D, z = torch.randn(h, generator=g), torch.randn(b, h, p, generator=g)
+    state = args[0].to(DEVICE).clone()
+    with count_custom_ops() as calls:
+        y = ssd_step(state, *(a.to(DEVICE) for a in args[1:]), D=D.to(DEVICE), z=z.to(DEVICE), backend="triton")
+    assert calls["ssd_step"] == 1, calls
+    want_y, want_state = reference_ssd_step(*(a.double() for a in args), D=D.double(), z=z.double())
+    assert_close(state, want_state, torch.float32, what=f"{name} {config}: state")
+    assert_close(y, want_y, torch.float32, what=f"{name} {config}: y")
 
 
 def lambda_norm_cases() -> list:
