@@ -61,10 +61,12 @@ def _record_launches(monkeypatch) -> list[dict]:
 def _run_every_kernel():
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.bfloat16):
-        # λ-norm: fused rows (d = 1024, 4096) and the looped kernel (d = 12288 > 8192), every norm, all outputs
-        for d, norm in ((1024, "layernorm"), (4096, "rmsnorm"), (12288, "layernorm"), (1024, "l2")):
+        # λ-norm: fused rows (d = 1024, 4096) and the looped kernel (d = 12288 > 8192), every norm, all outputs;
+        # one λ, and one λ per batch element (fused and looped)
+        for d, norm, lams in ((1024, "layernorm", ()), (4096, "rmsnorm", ()), (12288, "layernorm", ()),
+                              (1024, "l2", ()), (1024, "layernorm", (2,)), (12288, "rmsnorm", (2,))):
             x, r = (torch.randn(2, 2, d, generator=g).to(dtype).requires_grad_() for _ in range(2))
-            lam = torch.tensor(0.5, requires_grad=True)
+            lam = torch.full(lams, 0.5, requires_grad=True)
             w = torch.ones(d, dtype=dtype, requires_grad=True)
             b = torch.zeros(d, dtype=dtype, requires_grad=True) if norm == "layernorm" else None
             out, h, _ = lambda_norm(x, r, lam, w, b, norm=norm, prenorm=True, return_mu=True, backend="triton")
