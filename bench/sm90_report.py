@@ -108,10 +108,13 @@ def run_every_kernel() -> None:
     g = torch.Generator().manual_seed(0)
     lam_cases = [(d, "layernorm") for d in (2**k for k in range(4, MAX_FUSED_D.bit_length()))]
     lam_cases += [(3 * MAX_FUSED_D // 2, "layernorm"), (1024, "rmsnorm"), (1024, "l2"), (3 * MAX_FUSED_D // 2, "l2")]
+    # one λ, and one λ per batch element (LAM_PER_ELEMENT) on a fused and a looped row
+    lam_cases = [(d, norm, ()) for d, norm in lam_cases]
+    lam_cases += [(1024, "layernorm", (2,)), (3 * MAX_FUSED_D // 2, "rmsnorm", (2,))]
     for dtype in (torch.float32, torch.bfloat16):
-        for d, norm in lam_cases:
+        for d, norm, lam_shape in lam_cases:
             x, r = (torch.randn(2, 2, d, generator=g).to(dtype).requires_grad_() for _ in range(2))
-            lam = torch.tensor(0.5, requires_grad=True)
+            lam = torch.full(lam_shape, 0.5, requires_grad=True)
             w = torch.ones(d, dtype=dtype, requires_grad=True)
             b = torch.zeros(d, dtype=dtype, requires_grad=True) if norm == "layernorm" else None
             out, h, _ = lambda_norm(x, r, lam, w, b, norm=norm, prenorm=True, return_mu=True, backend="triton")
@@ -124,6 +127,11 @@ def run_every_kernel() -> None:
             h0 = torch.randn(1, 2, 64, 128, generator=g).to(dtype).requires_grad_()
             y, final = ssd_scan(x, dt, A, B, C, chunk_size=chunk_size, initial_states=h0, return_final_states=True,
                                 backend="triton")
+            (y.float().sum() + final.float().sum()).backward()
+            # packed sequences: the seq_idx variants of every step and the per-sequence final states
+            cu_seqlens = torch.tensor([0, chunk_size // 2, chunk_size + 3])
+            y, final, varlen = ssd_scan(x, dt, A, B, C, chunk_size=chunk_size, initial_states=h0, cu_seqlens=cu_seqlens,
+                                        return_final_states=True, return_varlen_states=True, backend="triton")
             (y.float().sum() + final.float().sum()).backward()
         # SSD decode step: Mamba-2 sizes (headdim 64, dstate 128) and the largest dstate (256), float32 state
         for dstate in (128, 256):

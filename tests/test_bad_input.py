@@ -101,7 +101,7 @@ CASES = [
     pytest.param("ssd_scan", "B", shrink, ValueError, marks=pytest.mark.xfail(
         strict=True, reason="ssd_scan takes (ngroups, dstate) from B, so a wrong B is blamed on C")),
     ("ssd_scan", "C", shrink, ValueError),
-    ("ssd_scan", "chunk_size", lambda _: 24, ValueError),
+    ("ssd_scan", "chunk_size", lambda _: 0, ValueError),
     ("ssd_scan", "chunk_size", lambda _: 16.0, TypeError),
     ("ssd_scan", "D", shrink, ValueError),
     ("ssd_scan", "z", shrink, ValueError),

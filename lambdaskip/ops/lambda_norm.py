@@ -61,8 +61,8 @@ def lambda_norm_bwd(dout: Tensor, dh: Optional[Tensor], x: Tensor, residual: Ten
     Bitwise deterministic: row reductions go through per-program partial sums, no atomics."""
     from lambdaskip.kernels.lambda_norm import lambda_norm_backward
     return lambda_norm_backward(dout.contiguous(), None if dh is None else dh.contiguous(), x.contiguous(),
-                                residual.contiguous(), lam.contiguous(), None if weight is None else weight.contiguous(), bias,
-                                mean, rstd, norm)
+                                residual.contiguous(), lam.contiguous(),
+                                None if weight is None else weight.contiguous(), bias, mean, rstd, norm)
 
 
 @lambda_norm_bwd.register_fake
