@@ -24,13 +24,11 @@ adds the achieved rates and, on CUDA, the fraction of the measured device limits
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-import types
 
 import pytest
 import torch
+from baselines import mamba_ssm_function
 
 from lambdaskip.ops.ssd import ssd_scan
 from lambdaskip.reference.ssd import ssd_scan_sequential
@@ -65,20 +63,6 @@ def bytes_forward(b, l, h, p, n, g, dtype) -> int:
     return (2 * b * l * h * p + 2 * b * l * g * n) * itemsize + 4 * b * l * h
 
 
-def _mamba_chunk_scan_combined():
-    """mamba_ssm's SSD entry point. A build without its CUDA extension (MAMBA_SKIP_CUDA_BUILD) imports
-    once an empty ``selective_scan_cuda`` module stands in for it; the SSD path does not use it."""
-    if importlib.util.find_spec("mamba_ssm") is None:
-        pytest.skip("mamba_ssm is not installed")
-    if importlib.util.find_spec("selective_scan_cuda") is None:
-        sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except Exception as error:  # ImportError, or another compiled piece failing to load
-        pytest.skip(f"mamba_ssm not importable: {type(error).__name__}: {error}")
-    return mamba_chunk_scan_combined
-
-
 def _implementation(impl: str, size):
     """A callable with ssd_scan's arguments, or a pytest.skip with the reason."""
     if impl == "auto":
@@ -97,7 +81,7 @@ def _implementation(impl: str, size):
         return ssd_scan_sequential
     if not CUDA:
         pytest.skip("mamba_ssm's kernels need CUDA")
-    return _mamba_chunk_scan_combined()
+    return mamba_ssm_function("ops.triton.ssd_combined", "mamba_chunk_scan_combined")
 
 
 def _inputs(size, requires_grad: bool):

@@ -22,13 +22,11 @@ Before timing, each implementation's output and updated state are checked agains
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-import types
 
 import pytest
 import torch
+from baselines import mamba_ssm_function
 
 from lambdaskip.ops.ssd_step import ssd_step
 from lambdaskip.reference.ssd_step import ssd_step as reference_ssd_step
@@ -55,20 +53,6 @@ def flops_step(b, h, p, n, g) -> int:
     return 5 * b * h * p * n
 
 
-def _selective_state_update():
-    """mamba_ssm's decode step; its build without the CUDA extension imports once an empty
-    ``selective_scan_cuda`` stands in for it."""
-    if importlib.util.find_spec("mamba_ssm") is None:
-        pytest.skip("mamba_ssm is not installed")
-    if importlib.util.find_spec("selective_scan_cuda") is None:
-        sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
-    try:
-        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
-    except Exception as error:  # ImportError, or another compiled piece failing to load
-        pytest.skip(f"mamba_ssm not importable: {type(error).__name__}: {error}")
-    return selective_state_update
-
-
 def _implementation(impl: str, size):
     """A callable ``(state, inputs) -> y`` with ssd_step's keyword inputs, or a pytest.skip with the reason."""
     if impl == "triton":
@@ -81,7 +65,7 @@ def _implementation(impl: str, size):
         return lambda state, t: ssd_step(state, **t, dt_softplus=True, backend="reference")
     if not CUDA:
         pytest.skip("mamba_ssm's kernels need CUDA")
-    update = _selective_state_update()
+    update = mamba_ssm_function("ops.triton.selective_state_update", "selective_state_update")
     _, h, p, n, _ = size
 
     def mamba_step(state, t):  # Mamba-2's call: per-head scalars broadcast over headdim (and dstate for A)

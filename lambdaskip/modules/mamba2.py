@@ -143,12 +143,7 @@ class Mamba2Mixer(nn.Module):
         z, x, dt, B, C = self._project(u, seq_idx)
         y = ops.ssd_scan(x, dt, self._A(), B, C, self.chunk_size, D=self.D, dt_bias=self.dt_bias, seq_idx=seq_idx,
                          cu_seqlens=cu_seqlens, dt_softplus=True).flatten(-2)
-        gate = z if self.gating else None
-        if self.norm is not None:
-            y = self.norm(y, gate)
-        elif gate is not None:
-            y = y * F.silu(gate)
-        return self.out_proj(y)
+        return self._gate_norm_out(y, z)
 
     def allocate_cache(self, batch_size: int, *, device: torch.device | str | None = None,
                        dtype: torch.dtype | None = None) -> Mamba2Cache:
@@ -217,6 +212,7 @@ class Mamba2Mixer(nn.Module):
         elif gate is not None:
             y = y * F.silu(gate)
         return self.out_proj(y)
+
     def _A(self) -> torch.Tensor:
         """A = -exp(A_log) (nheads,), in float32 (float64 in a float64 model)."""
         return -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
