@@ -134,8 +134,11 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from lambdaskip.training import SweepConfig, run_sweep
     from lambdaskip.training.distributed import leave_process_group
     try:
+        # left out, --lrs and --seeds take SweepConfig's defaults (the paper's lr grid, seeds 0 1 2); a --lr
+        # without --lrs sweeps that one learning rate
+        given = {"lrs": args.lrs or ([args.lr] if args.lr is not None else None), "seeds": args.seeds}
         sweep = SweepConfig(out=args.out, archs=args.archs, lams=args.lams, learnable_inits=args.learnable_inits,
-                            lrs=args.lrs, seeds=args.seeds)
+                            **{k: v for k, v in given.items() if v is not None})
         run_sweep(sweep, config_from_args(args, out=args.out))
     except (ValueError, FileNotFoundError, ImportError) as error:
         return _fail("sweep", error)
@@ -155,8 +158,10 @@ def add_sweep_subcommand(commands) -> None:
     parser.add_argument("--lams", type=float, nargs="*", default=[-2.0, -1.0, 0.0, 1.0, 2.0], help="fixed λ values")
     parser.add_argument("--learnable-inits", type=float, nargs="*", default=[-1.0, 1.0],
                         help="initial values of learnable λ")
-    parser.add_argument("--lrs", type=float, nargs="+", default=None, help="learning rates (default: --lr)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds")
+    parser.add_argument("--lrs", type=float, nargs="+", default=None,
+                        help="learning rates, swept per arch and λ setting and the best reported (default: the "
+                             "paper's logspace(-4, -2, 4) = 1e-4 4.64e-4 2.15e-3 1e-2; with --lr: that one)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2)")
     parser.add_argument("--out", required=True, help="sweep folder")
     parser.set_defaults(run=_run_sweep)
 
