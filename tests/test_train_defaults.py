@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from lambdaskip.cli import build_parser
+from lambdaskip.cli.train import config_from_args
 from lambdaskip.training import TrainConfig, build_model, train
 
 SEEDS = (0, 1, 2)
@@ -25,6 +27,8 @@ def test_positions_start_at_the_token_embeddings_scale():
     assert TrainConfig(task="image").position_scale() == 0.02  # images keep the former scale
     with pytest.raises(ValueError, match="position_std"):
         TrainConfig(position_std=0.0).validate()
+    args = build_parser().parse_args(["train", "mqar", "--position-std", "0.02", "--out", "x"])
+    assert config_from_args(args, out="x").position_scale() == 0.02  # the former scale, to reproduce old runs
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ _FIELDS = [
     ("--d-state", int, "SSM state size for mamba2 and s4d (default 16)"),
     ("--headdim", int, "Mamba-2 head dimension (default 16)"),
     ("--norm", str, "post-norm of every λ-skip: layernorm, rmsnorm or l2 (default layernorm)"),
+    ("--position-std", float, "initial scale of the learned positions (default: 1 for mqar, 0.02 for image)"),
     ("--epochs", int, "epochs (default 6)"),
     ("--batch-size", int, "global batch over all ranks (default 64)"),
     ("--lr", float, "peak learning rate (default 2.15e-3)"),
