@@ -8,10 +8,10 @@ Training step (``test_deep_training_step``): forward, backward to the input and 
 
 - CUDA: ``torch.cuda.max_memory_allocated()`` over the step, minus the memory allocated before it;
 - CPU: the growth of the peak resident set (``ru_maxrss``) of a fresh Python process over one step, from
-  its resident set after building the stack (Linux ``/proc/self/statm``). It counts what torch's CPU
-  allocator actually held, plus the allocator's slack; the interpreter and torch themselves are in the
-  baseline. (tracemalloc does not see torch's allocations; the profiler's CPU memory events were
-  incomplete on torch 2.13, so neither is used.)
+  its resident set after a one-block warm-up step and building the stack (Linux ``/proc/self/statm``).
+  It counts what torch's CPU allocator actually held, plus the allocator's slack; the interpreter and
+  torch themselves are in the baseline. (tracemalloc does not see torch's allocations; the profiler's
+  CPU memory events were incomplete on torch 2.13, so neither is used.)
 
 λ sweep (``test_lambda_sweep``): a forward (no grad) of one stack, same weights, for ``N_LAMS`` values of
 λ: ``one_pass`` runs a stack whose blocks hold all the values on a batch of ``N_LAMS`` slices;
@@ -125,8 +125,10 @@ def test_lambda_sweep(run_timed, benchmark, arch, mode):
 
 
 def _child(spec: dict) -> None:
-    """Run in a fresh process: build the stack, then one training step; print the step's peak RSS growth."""
+    """Run in a fresh process: a warm-up step of a one-block stack (the first checkpointed step imports
+    torch's dynamo, ~900 modules), build the stack, then one step; print the step's peak RSS growth."""
     checkpoint = spec["checkpoint"]
+    _training_step(*_stack_and_input(spec["arch"], 1, checkpoint))
     stack, y = _stack_and_input(spec["arch"], spec["depth"], checkpoint)
     baseline = _rss_bytes()
     _training_step(stack, y)

@@ -20,6 +20,10 @@ per element; the O(rows + d) statistics and affine terms are left out)::
     forward + backward: the forward, then read dout, x, residual;
                         write dx, dresidual                              8·rows·d·s
 
+``extra_info["flops"]`` counts the arithmetic per element: forward 9 (x + λ·r: 2, mean: 1, centre: 1,
+variance: 2, scale by rstd: 1, affine: 2); the backward 14 more (dout·w: 1, ∂w and ∂b sums: 3, the two
+row means: 3, dx: 4, ∂residual = λ·dx: 1, ∂λ sum: 2), so 23·rows·d with the backward.
+
 bench/conftest.py's ``run_timed`` turns it into bytes_per_s (GB/s) and, on CUDA, the fraction of the
 measured copy bandwidth.
 
@@ -102,8 +106,13 @@ def bytes_moved(rows, d, backward):
     return (8 if backward else 3) * rows * d * torch.finfo(DTYPE).bits // 8
 
 
+def flops(rows, d, backward):
+    """Arithmetic of the fused op (counts in the module docstring)."""
+    return (23 if backward else 9) * rows * d
+
+
 def _run(benchmark, run_timed, name, fn, lam_used, rows, d, backward):
-    benchmark.group = f"lambda_norm rows={rows} d={d} {'fwd+bwd' if backward else 'fwd'}"
+    benchmark.group = f"lambda_norm rows={rows} d={d} {'fwd+bwd' if backward else 'fwd'} {DTYPE}"
     inputs = _inputs(rows, d, backward)
     x, res, _, w, b = (t.detach().double() for t in inputs)
     assert_close(fn(*inputs), reference_lambda_norm(x, res, lam_used, w, b, EPS), DTYPE, what=name)
@@ -113,7 +122,8 @@ def _run(benchmark, run_timed, name, fn, lam_used, rows, d, backward):
         out = fn(*inputs)
         return torch.autograd.grad(out, inputs, dout, allow_unused=True) if backward else out
 
-    run_timed(step, bytes=bytes_moved(rows, d, backward), impl=name, rows=rows, d=d, dtype=str(DTYPE),
+    run_timed(step, bytes=bytes_moved(rows, d, backward), flops=flops(rows, d, backward), impl=name, rows=rows, d=d,
+              dtype=str(DTYPE),
               backward=backward, lam=lam_used, interpreted=name == "triton-interpreter")
 
 

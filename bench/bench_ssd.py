@@ -1,11 +1,13 @@
 """Benchmarks of the SSD scan (Mamba-2): forward, and forward + backward.
 
-Implementations: ``triton`` (our kernels; on CPU only under TRITON_INTERPRET=1 and at a tiny size),
-``reference`` (the chunked PyTorch form), ``sequential`` (the literal recurrence; CPU sizes only) and
-``mamba_ssm`` (``mamba_chunk_scan_combined``; skipped with the reason when it cannot be imported).
-On CUDA the sizes are realistic (``--bench-full`` / LAMBDASKIP_BENCH_FULL=1 adds b=4, l=8192, h=16);
-on CPU they are small so that ``pytest bench/bench_ssd.py --benchmark-disable`` finishes in seconds, and
-Triton's interpreted timings are labelled ``interpreted`` (they are not speeds).
+Implementations: ``auto`` (``ssd_scan`` as users call it: Triton on CUDA, the reference on CPU),
+``triton`` (our kernels; on CPU only under TRITON_INTERPRET=1 and at the tiny size), ``reference`` (the
+chunked PyTorch form), ``sequential`` (the literal recurrence; CPU sizes only) and ``mamba_ssm``
+(``mamba_chunk_scan_combined``; skipped with the reason when it cannot be imported). On CUDA the sizes
+are realistic (``--bench-full`` / LAMBDASKIP_BENCH_FULL=1 adds b=4, l=8192, h=16); on CPU they are small
+so that ``pytest bench/bench_ssd.py --benchmark-disable`` finishes in seconds, and Triton's interpreted
+timings are labelled ``interpreted`` (they are not speeds). Every implementation runs at the size its
+group names, and its output is checked against the float64 chunked reference before it is timed.
 
 Each benchmark records in ``benchmark.extra_info`` (through bench/conftest.py's ``run_timed``, which
 adds the achieved rates and, on CUDA, the fraction of the measured device limits):
@@ -32,19 +34,24 @@ import torch
 
 from lambdaskip.ops.ssd import ssd_scan
 from lambdaskip.reference.ssd import ssd_scan_sequential
+from lambdaskip.testing import assert_close
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 DTYPE = torch.bfloat16 if CUDA else torch.float32
+TRITON_TINY = (1, 32, 2, 16, 16, 1, 16)  # the only size the interpreter runs on CPU
 if CUDA:
-    SIZES = {"b2-l2048-h8-p64-n128": (2, 2048, 8, 64, 128, 1, 64),
-             "b1-l512-h8-p64-n64": (1, 512, 8, 64, 64, 1, 64)}   # small: launch overhead dominates
+    SIZES = [(2, 2048, 8, 64, 128, 1, 64), (1, 512, 8, 64, 64, 1, 64)]   # small: launch overhead dominates
     if os.environ.get("LAMBDASKIP_BENCH_FULL") == "1":
-        SIZES["b4-l8192-h16-p64-n128"] = (4, 8192, 16, 64, 128, 1, 256)
+        SIZES.append((4, 8192, 16, 64, 128, 1, 256))
 else:
-    SIZES = {"b1-l64-h2-p16-n16": (1, 64, 2, 16, 16, 1, 16)}
-TRITON_TINY = (1, 32, 2, 16, 16, 1, 16)  # what the interpreter times on CPU
-IMPLS = ("triton", "reference", "sequential", "mamba_ssm")
+    SIZES = [TRITON_TINY, (1, 64, 2, 16, 16, 1, 16)]
+IMPLS = ("auto", "triton", "reference", "sequential", "mamba_ssm")
+
+
+def size_name(size) -> str:
+    """The exact problem size, as it appears in ids and groups."""
+    return "b{}-l{}-h{}-p{}-n{}-g{}-chunk{}".format(*size)
 
 
 def flops_forward(b, l, h, p, n, g, chunk_size) -> int:
@@ -73,21 +80,24 @@ def _mamba_chunk_scan_combined():
 
 
 def _implementation(impl: str, size):
-    """(callable with ssd_scan's arguments, size to run it at) or a pytest.skip with the reason."""
+    """A callable with ssd_scan's arguments, or a pytest.skip with the reason."""
+    if impl == "auto":
+        return ssd_scan
     if impl == "triton":
         if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
             pytest.skip("Triton needs CUDA here, or TRITON_INTERPRET=1 on CPU")
-        return (lambda *a, **k: ssd_scan(*a, **k, backend="triton")), (size if CUDA else TRITON_TINY)
+        if not CUDA and size != TRITON_TINY:
+            pytest.skip(f"the Triton interpreter runs on CPU at {size_name(TRITON_TINY)} only")
+        return lambda *a, **k: ssd_scan(*a, **k, backend="triton")
     if impl == "reference":
-        return (lambda *a, **k: ssd_scan(*a, **k, backend="reference")), size
+        return lambda *a, **k: ssd_scan(*a, **k, backend="reference")
     if impl == "sequential":
         if CUDA:
             pytest.skip("the token-by-token recurrence is only timed at CPU sizes")
-        return ssd_scan_sequential, size
+        return ssd_scan_sequential
     if not CUDA:
         pytest.skip("mamba_ssm's kernels need CUDA")
-    fn = _mamba_chunk_scan_combined()
-    return (lambda *a, **k: fn(*a, **k)), size
+    return _mamba_chunk_scan_combined()
 
 
 def _inputs(size, requires_grad: bool):
@@ -108,13 +118,25 @@ def _inputs(size, requires_grad: bool):
 
 
 def _info(impl, size):
-    return dict(impl=impl, size=size, dtype=str(DTYPE), interpreted=impl == "triton" and not CUDA)
+    return dict(impl=impl, size=size_name(size), dtype=str(DTYPE), interpreted=impl == "triton" and not CUDA)
 
 
-@pytest.mark.parametrize("size_name", list(SIZES))
+def _check(fn, size):
+    """Assert that ``fn``'s output matches the float64 chunked reference on the benchmark's inputs."""
+    args, kwargs = _inputs(size, requires_grad=False)
+    with torch.no_grad():
+        actual = fn(*args, **kwargs)
+        expected = ssd_scan(*(t.double() for t in args), backend="reference",
+                            **{k: v.double() if torch.is_tensor(v) else v for k, v in kwargs.items()})
+    assert_close(actual, expected, DTYPE, what=f"ssd_scan {size_name(size)}")
+
+
+@pytest.mark.parametrize("size", SIZES, ids=size_name)
 @pytest.mark.parametrize("impl", IMPLS)
-def test_ssd_forward(run_timed, impl, size_name):
-    fn, size = _implementation(impl, SIZES[size_name])
+def test_ssd_forward(run_timed, benchmark, impl, size):
+    fn = _implementation(impl, size)
+    benchmark.group = f"ssd_scan forward {size_name(size)} {DTYPE}"
+    _check(fn, size)
     args, kwargs = _inputs(size, requires_grad=False)
 
     def forward():
@@ -125,10 +147,12 @@ def test_ssd_forward(run_timed, impl, size_name):
     assert torch.isfinite(y.float()).all()
 
 
-@pytest.mark.parametrize("size_name", list(SIZES))
+@pytest.mark.parametrize("size", SIZES, ids=size_name)
 @pytest.mark.parametrize("impl", IMPLS)
-def test_ssd_forward_backward(run_timed, impl, size_name):
-    fn, size = _implementation(impl, SIZES[size_name])
+def test_ssd_forward_backward(run_timed, benchmark, impl, size):
+    fn = _implementation(impl, size)
+    benchmark.group = f"ssd_scan forward+backward {size_name(size)} {DTYPE}"
+    _check(fn, size)
     args, kwargs = _inputs(size, requires_grad=True)
     leaves = [*args, kwargs["D"], kwargs["z"], kwargs["dt_bias"]]
 

@@ -4,11 +4,16 @@
 - Without CUDA, Triton kernels run under the interpreter (TRITON_INTERPRET=1, set before triton loads),
   so CPU runs only check that each benchmark's setup is correct; timings of interpreted kernels are not
   speeds and are labelled ``interpreted`` in extra_info.
-- Every run records the device, torch and triton versions in the JSON's machine_info.
+- Every run records the device, torch and triton versions, the CPU count and the load average (at the
+  start and the end of the session: other processes on a shared machine slow the timings) in machine_info.
+- Recording (``--benchmark-json``, ``--benchmark-save``, ``--benchmark-autosave``) from a git tree with
+  uncommitted changes to tracked files is refused: the numbers could not be traced to a commit.
+  ``--bench-allow-dirty`` records anyway, and bench/report.py then marks the table DIRTY TREE.
 - On CUDA, ``device_limits`` measures the copy bandwidth and the bf16 matmul rate once per session, so
   benchmarks can report the fraction of the hardware limit they reach.
 """
 import os
+import subprocess
 
 import pytest
 import torch
@@ -23,14 +28,39 @@ if not torch.cuda.is_available():
 
 def pytest_addoption(parser):
     parser.addoption("--bench-full", action="store_true", default=False, help="also run the large shapes")
+    parser.addoption("--bench-allow-dirty", action="store_true", default=False,
+                     help="record benchmarks from a tree with uncommitted changes (marked dirty)")
+
+
+def _records(config) -> bool:
+    return any(config.getoption(name, default=None) for name in ("benchmark_json", "benchmark_save",
+                                                                  "benchmark_autosave"))
+
+
+def _dirty_files(root) -> list[str]:
+    """Tracked files with uncommitted changes under git root ``root`` (empty outside a git tree)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return [line[3:] for line in out.splitlines()]
 
 
 def pytest_configure(config):
     if config.getoption("--bench-full", default=False):
         os.environ["LAMBDASKIP_BENCH_FULL"] = "1"
+    _load_average["start"] = os.getloadavg()
+    if _records(config) and not config.getoption("--bench-allow-dirty", default=False):
+        dirty = _dirty_files(config.rootpath)
+        if dirty:
+            raise pytest.UsageError(f"refusing to record benchmarks from a dirty tree ({', '.join(dirty[:5])}"
+                                    f"{', ...' if len(dirty) > 5 else ''}): commit first, or pass "
+                                    "--bench-allow-dirty to record numbers marked dirty")
 
 
 _measured_limits: dict = {}
+_load_average: dict = {}
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -43,6 +73,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["torch_threads"] = torch.get_num_threads()
     machine_info["triton"] = triton_version
     machine_info["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    machine_info["cpu_count"] = os.cpu_count()
+    machine_info["load_average_1_5_15"] = {"start": _load_average.get("start"), "end": os.getloadavg()}
     if _measured_limits:
         machine_info["device_limits"] = dict(_measured_limits)
 

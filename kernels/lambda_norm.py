@@ -39,7 +39,7 @@ import triton.language as tl
 from lambdaskip.common import compute_dtype
 
 NORM_CODES = {"layernorm": 0, "rmsnorm": 1, "l2": 2}
-MAX_FUSED_D = 8192
+MAX_FUSED_D = 4096  # 8192-column rows at 16 warps spill on sm_90 (bench/results/sm90-static): looped past 4096
 CHUNK_D = 2048
 
 

@@ -1,26 +1,30 @@
-"""SSD (Mamba-2 scan) forward and backward launchers: the chunked algorithm in Triton kernels.
+"""SSD (Mamba-2 scan) forward and backward: the four steps of the chunked algorithm, composed.
 
-Forward, for chunks of ``CHUNK`` tokens (Λ = ``dA_cumsum``, the in-chunk cumulative log-decay):
+Each step is one file holding its forward and backward kernels and launchers, with a float64
+reference of its own in :mod:`lambdaskip.reference.ssd_steps` (Λ = ``dA_cumsum``, the in-chunk
+cumulative log-decay; ``CHUNK`` tokens a chunk):
 
-1. :func:`chunk_cumsum` — Λ_t = Σ_{k≤t} dt_k A per chunk;
-2. :func:`chunk_state` — each chunk's added state ``Σ_s exp(Λ_end − Λ_s) dt_s x_s ⊗ B_s``;
-3. :func:`state_passing` — the state entering every chunk, and the final state;
-4. :func:`chunk_scan` — ``y_t = exp(Λ_t) S_c C_t + Σ_{s≤t} (C_t·B_s) exp(Λ_t − Λ_s) dt_s x_s``.
+1. :mod:`~lambdaskip.kernels.ssd_chunk_cumsum` — Λ_t = Σ_{k≤t} dt_k A per chunk;
+2. :mod:`~lambdaskip.kernels.ssd_chunk_state` — each chunk's added state ``Σ_s exp(Λ_end − Λ_s) dt_s x_s ⊗ B_s``;
+3. :mod:`~lambdaskip.kernels.ssd_state_passing` — the state entering every chunk, and the final state;
+4. :mod:`~lambdaskip.kernels.ssd_chunk_scan` — ``y_t = exp(Λ_t) S_c C_t + Σ_{s≤t} (C_t·B_s) exp(Λ_t − Λ_s) dt_s x_s``.
 
-Backward (states recomputed by steps 1–3, then):
+Backward (states recomputed by steps 1–3, then in reverse):
 
-5. :func:`chunk_state` with weights ``exp(Λ_t)`` on (dy, C) — what each chunk's outputs send to its
-   entering state; :func:`state_passing_backward` accumulates the state gradients ``G_c`` backwards;
-6. :func:`chunk_scan_bwd_dc` (rows t) — per-head dC and the output side ``C_t·dC_t`` of dΛ_t;
-7. :func:`chunk_scan_bwd_dx` (columns s) — dx, per-head dB, and ``ddt_direct_s = x_s·dx_s / dt_s``;
-8. :func:`chunk_cumsum_backward` — dΛ_t = C_t·dC_t − dt_t·ddt_direct_t (+ ⟨G_{c+1}, S_{c+1}⟩ at a
-   chunk's end), reversed cumulative sum → ddt and dA.
+4. chunk scan's gradient into the entering states (chunk state's contraction with weights ``exp(Λ_t)``
+   on (dy, C));
+3. state passing's reverse pass: the gradients ``G_c`` of the states, and of each chunk's total decay;
+4+2. chunk scan's rows (dC, ``row_t = C_t·dC_t``) and columns (dx, dB, ``ddt_direct_s = x_s·dx_s / dt_s``,
+   with chunk state's backward from ``G`` fused in);
+1. chunk cumsum's backward: dΛ_t = row_t − dt_t·ddt_direct_t (+ ⟨G_{c+1}, S_{c+1}⟩ at a chunk's end),
+   reversed cumulative sum → ddt and dA.
 
 Why dΛ takes that form: every term of the output and of the chunk states is a product of a factor
 ``exp(Λ_t − Λ_s)`` (or ``exp(Λ_t)``, ``exp(Λ_end − Λ_s)``) with factors linear in C_t and in dt_s x_s, so
 the part of dΛ_t from the exponent's +Λ_t equals what the same term sends to C_t, dotted with C_t, and
 the part from −Λ_s equals dt_s times what it sends to dt_s. Summing a chunk's added state into the
-state-passing term turns the gradient of Λ_end into ⟨G_{c+1}, S_{c+1}⟩.
+state-passing term turns the gradient of Λ_end into ⟨G_{c+1}, S_{c+1}⟩. Packed sequences (``seq_idx``)
+only zero some of these terms, so the identities hold term by term.
 
 Precision: products accumulate in float32. The forward's in-chunk products take the inputs' dtype
 (tensor cores); the products that feed dΛ (the states, dC, the dx path) run on float32 operands with
@@ -34,32 +38,36 @@ and the per-program partial sums of dA and of the chunk-end terms are reduced af
 import torch
 
 from lambdaskip.kernels.ssd_chunk_cumsum import chunk_cumsum, chunk_cumsum_backward
-from lambdaskip.kernels.ssd_chunk_scan import chunk_scan
-from lambdaskip.kernels.ssd_chunk_scan_bwd_dc import chunk_scan_bwd_dc
-from lambdaskip.kernels.ssd_chunk_scan_bwd_dx import chunk_scan_bwd_dx
-from lambdaskip.kernels.ssd_chunk_state import chunk_state
+from lambdaskip.kernels.ssd_chunk_scan import chunk_scan, chunk_scan_backward
+from lambdaskip.kernels.ssd_chunk_state import chunk_state, chunk_state_varlen
 from lambdaskip.kernels.ssd_state_passing import state_passing, state_passing_backward
 
 
-def _states(x, dt, A, B, chunk_size, initial_states):
+def _states(x, dt, A, B, chunk_size, initial_states, seq_idx):
     dt_chunked, dA_cumsum = chunk_cumsum(dt, A, chunk_size)
-    added = chunk_state(x, B, dt_chunked, dA_cumsum, decay_to_end=True)
-    return dt_chunked, dA_cumsum, state_passing(added, dA_cumsum, initial_states)
+    added = chunk_state(x, B, dt_chunked, dA_cumsum, decay_to_end=True, seq_idx=seq_idx)
+    return dt_chunked, dA_cumsum, state_passing(added, dA_cumsum, initial_states, seq_idx, x.shape[1])
 
 
-def ssd_forward(x, dt, A, B, C, chunk_size, initial_states=None):
+def ssd_forward(x, dt, A, B, C, chunk_size, initial_states=None, seq_idx=None, cu_seqlens=None):
     """The scan ``y_t = C_t·h_t``, ``h_t = exp(dt_t A) h_{t−1} + dt_t x_t ⊗ B_t`` (no D, no gate).
 
     Args:
         x: (b, l, h, p) float16/bfloat16/float32, contiguous; dt: (b, l, h) float32 effective steps;
-        A: (h,) float32; B, C: (b, l, g, n), contiguous; chunk_size: power of two ≥ 16;
-        initial_states: (b, h, p, n) or None.
+        A: (h,) float32; B, C: (b, l, g, n), contiguous; chunk_size: any int >= 1;
+        initial_states: (b, h, p, n) or None; seq_idx: (b, l) int32 or None (packed sequences);
+        cu_seqlens: (num_seqs + 1,) int32 or None (batch 1): return each sequence's final state.
     Returns:
-        y (b, l, h, p) float32 and the final state (b, h, p, n) float32.
+        y (b, l, h, p) float32, the final state (b, h, p, n) float32 and the sequences' final states
+        (num_seqs, h, p, n) float32 (a (0, h, p, n) tensor without cu_seqlens).
     """
-    dt_chunked, dA_cumsum, states = _states(x, dt, A, B, chunk_size, initial_states)
-    y = chunk_scan(x, B, C, dt_chunked, dA_cumsum, states)
-    return y, states[:, -1].clone()
+    dt_chunked, dA_cumsum, states = _states(x, dt, A, B, chunk_size, initial_states, seq_idx)
+    y = chunk_scan(x, B, C, dt_chunked, dA_cumsum, states, seq_idx)
+    if cu_seqlens is None:
+        varlen = x.new_zeros((0,) + states.shape[2:], dtype=torch.float32)
+    else:
+        varlen = chunk_state_varlen(x, B, dt_chunked, dA_cumsum, states, cu_seqlens)
+    return y, states[:, -1].clone(), varlen
 
 
 def _sum_heads_per_group(per_head: torch.Tensor, ngroups: int) -> torch.Tensor:
@@ -68,8 +76,8 @@ def _sum_heads_per_group(per_head: torch.Tensor, ngroups: int) -> torch.Tensor:
     return per_head.view(b, l, ngroups, h // ngroups, n).sum(dim=3)
 
 
-def ssd_backward(dy, d_final, x, dt, A, B, C, chunk_size, initial_states=None):
-    """Gradients of :func:`ssd_forward`.
+def ssd_backward(dy, d_final, x, dt, A, B, C, chunk_size, initial_states=None, seq_idx=None):
+    """Gradients of :func:`ssd_forward`'s y and final state.
 
     Args:
         dy: (b, l, h, p) and d_final: (b, h, p, n), contiguous (any float dtype); the rest as in
@@ -80,12 +88,12 @@ def ssd_backward(dy, d_final, x, dt, A, B, C, chunk_size, initial_states=None):
     """
     b, l, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
-    dt_chunked, dA_cumsum, states = _states(x, dt, A, B, chunk_size, initial_states)
+    dt_chunked, dA_cumsum, states = _states(x, dt, A, B, chunk_size, initial_states, seq_idx)
     dy = dy.float()
-    d_states_from_outputs = chunk_state(dy, C, dt_chunked, dA_cumsum, decay_to_end=False)
-    d_states, end_partials = state_passing_backward(d_states_from_outputs, d_final, states, dA_cumsum)
-    dC_heads, row_terms = chunk_scan_bwd_dc(dy, x, B, C, dt_chunked, dA_cumsum, states)
-    dx, dB_heads, ddt_direct = chunk_scan_bwd_dx(dy, x, B, C, dt_chunked, dA_cumsum, d_states)
+    d_states_from_outputs = chunk_state(dy, C, dt_chunked, dA_cumsum, decay_to_end=False, seq_idx=seq_idx)
+    d_states, end_partials = state_passing_backward(d_states_from_outputs, d_final, states, dA_cumsum, seq_idx, l)
+    dx, dB_heads, dC_heads, ddt_direct, row_terms = chunk_scan_backward(dy, x, B, C, dt_chunked, dA_cumsum, states,
+                                                                        d_states, seq_idx)
     ddt, dA = chunk_cumsum_backward(row_terms, end_partials, ddt_direct, dt_chunked, A, l)
     d_initial = (d_states[:, 0].to(initial_states.dtype) if initial_states is not None
                  else x.new_zeros((0, h, p, n), dtype=torch.float32))

@@ -1,11 +1,40 @@
-"""Autotuning configurations of the SSD kernels: a small set on a GPU, exactly one under the interpreter.
+"""Autotuning configurations of the SSD kernels, keyed by kernel name: a small set on a GPU, one under the
+interpreter.
 
+Every GPU config listed here compiles for sm_90 without spilling registers and within a block's shared
+memory (``bench/results/sm90-static/README.md``, checked by ``tests/test_sm90_static.py``), and each is
+executed against the float64 reference under the interpreter by ``tests/test_autotune_configs.py``.
 Triton's CPU interpreter cannot time candidates (an autotuner with more than one config raises there),
-so each kernel names the single configuration it runs with when ``TRITON_INTERPRET=1``.
+so each kernel also names the single configuration it runs with when ``TRITON_INTERPRET=1``.
 """
 import os
 
 import triton
+
+# kernel name → [(block sizes, num_warps, num_stages), ...]
+GPU_CONFIGS = {
+    "_chunk_scan_kernel": [
+        ({"BLOCK_M": 64, "BLOCK_P": 64, "BLOCK_S": 32}, 4, 2), ({"BLOCK_M": 64, "BLOCK_P": 64, "BLOCK_S": 32}, 8, 2),
+        ({"BLOCK_M": 64, "BLOCK_P": 32, "BLOCK_S": 64}, 4, 2), ({"BLOCK_M": 64, "BLOCK_P": 32, "BLOCK_S": 64}, 8, 2),
+        # 128 rows at 4 warps spill (200 B/thread): 8 warps only
+        ({"BLOCK_M": 128, "BLOCK_P": 64, "BLOCK_S": 32}, 8, 2),
+    ],
+    "_chunk_state_kernel": [({"BLOCK_S": s}, w, 2) for s in (32, 64) for w in (4, 8)],
+    "_chunk_state_varlen_kernel": [({"BLOCK_S": s}, w, 2) for s in (32, 64) for w in (4, 8)],
+    # headdim and dstate are held whole: at (64, 128) only 8 warps and one stage stay below 255 registers
+    "_chunk_scan_bwd_rows_kernel": [({"BLOCK_M": m, "BLOCK_S": s}, 8, 1) for m, s in ((32, 32), (16, 32), (16, 16))],
+    # the smallest tile spills least (bf16 still spills: needs a kernel change, see test_sm90_static)
+    "_chunk_scan_bwd_columns_kernel": [({"BLOCK": 16}, 8, 1)],
+    "_ssd_step_kernel": [({"BLOCK_P": p}, w, 2) for p in (4, 8, 16) for w in (2, 4)],
+}
+INTERPRETER_CONFIGS = {
+    "_chunk_scan_kernel": {"BLOCK_M": 32, "BLOCK_P": 32, "BLOCK_S": 32},
+    "_chunk_state_kernel": {"BLOCK_S": 32},
+    "_chunk_state_varlen_kernel": {"BLOCK_S": 32},
+    "_chunk_scan_bwd_rows_kernel": {"BLOCK_M": 32, "BLOCK_S": 32},
+    "_chunk_scan_bwd_columns_kernel": {"BLOCK": 32},
+    "_ssd_step_kernel": {"BLOCK_P": 16},
+}
 
 
 def interpreting() -> bool:
@@ -13,8 +42,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def configs(gpu: list[dict], interpreter: dict, warps=(4,), stages=(2,)) -> list[triton.Config]:
-    """``triton.Config`` objects: every ``gpu`` block choice × warps × stages, or the one ``interpreter``."""
+def gpu_configs(kernel: str) -> list[triton.Config]:
+    """The GPU autotuning configs of ``kernel`` (whether or not the interpreter is on)."""
+    return [triton.Config(dict(meta), num_warps=w, num_stages=s) for meta, w, s in GPU_CONFIGS[kernel]]
+
+
+def configs(kernel: str) -> list[triton.Config]:
+    """``kernel``'s autotuning configs: :func:`gpu_configs`, or under the interpreter its one config."""
     if interpreting():
-        return [triton.Config(interpreter, num_warps=1, num_stages=1)]
-    return [triton.Config(meta, num_warps=w, num_stages=s) for meta in gpu for w in warps for s in stages]
+        return [triton.Config(dict(INTERPRETER_CONFIGS[kernel]), num_warps=1, num_stages=1)]
+    return gpu_configs(kernel)

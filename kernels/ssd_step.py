@@ -16,7 +16,7 @@ import triton.language as tl
 from lambdaskip.kernels.ssd_configs import configs
 
 
-@triton.autotune(configs=configs([{"BLOCK_P": 4}, {"BLOCK_P": 8}, {"BLOCK_P": 16}], {"BLOCK_P": 16}, warps=(2, 4)),
+@triton.autotune(configs=configs("_ssd_step_kernel"),
                  key=["headdim", "BLOCK_N"], restore_value=["state_ptr"])
 @triton.jit
 def _ssd_step_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt_bias_ptr, y_ptr,

@@ -1,7 +1,8 @@
 """Test-suite setup.
 
 - Without CUDA, Triton kernels run under Triton's CPU interpreter: TRITON_INTERPRET=1 is set here,
-  before anything imports triton.
+  before anything imports triton. Kernel tests put their tensors on ``lambdaskip.testing.DEVICE`` (CUDA
+  where there is one), so the same command is right on both kinds of machine.
 - Every buffer allocated with torch.empty / empty_like / new_empty during a test is filled with NaN,
   so a kernel that leaves an output element unwritten (a missing mask, a wrong grid) fails loudly.
 - Tolerances live in lambdaskip.testing (one table, justified there).

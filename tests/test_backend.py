@@ -31,7 +31,7 @@ def test_forced_extension_that_cannot_run_raises():
 def test_unknown_or_unsupported_backend_raises():
     with pytest.raises(ValueError, match="backend must be one of"):
         choose_backend("op", "fast", CPU, ("reference",))
-    with pytest.raises(ValueError, match="not implemented"):
+    with pytest.raises(ValueError, match=r"must be one of \('auto', 'reference'\), got 'triton' \(op has no"):
         choose_backend("op", "triton", CPU, ("reference",))
 
 
@@ -59,3 +59,26 @@ def test_prefer_backend_rejects_auto_and_unknown():
         with pytest.raises(ValueError, match="backend must be one of"):
             with prefer_backend(name):
                 pass
+
+
+def test_ssd_scan_auto_takes_the_reference_for_float64_where_triton_could_run(monkeypatch):
+    """Under prefer_backend("triton") (the choice "auto" makes on CUDA) a spy on the Triton path sees the
+    float32 call, so it can tell; the float64 call goes to the reference instead and matches it."""
+    from lambdaskip.ops import prefer_backend, ssd, ssd_scan
+    from lambdaskip.reference.ssd import ssd_scan_chunked
+    from lambdaskip.testing import assert_close
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    calls = []
+    triton_path = ssd._ssd_scan_triton
+    monkeypatch.setattr(ssd, "_ssd_scan_triton", lambda *a: calls.append(a[0].dtype) or triton_path(*a))
+    g = torch.Generator().manual_seed(0)
+    b, l, h, p, n = 1, 9, 2, 4, 4
+    x, dt, A = torch.randn(b, l, h, p, generator=g), torch.rand(b, l, h, generator=g), -torch.rand(h, generator=g)
+    B, C = torch.randn(b, l, 1, n, generator=g), torch.randn(b, l, 1, n, generator=g)
+    with prefer_backend("triton"):
+        ssd_scan(x, dt, A, B, C, 16)
+        assert calls == [torch.float32]
+        args64 = [t.double() for t in (x, dt, A, B, C)]
+        y = ssd_scan(*args64, 16)
+    assert calls == [torch.float32] and y.dtype == torch.float64
+    assert_close(y, ssd_scan_chunked(*args64, 16), torch.float64, "y")

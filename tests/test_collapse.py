@@ -3,8 +3,11 @@ import argparse
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -255,3 +258,110 @@ def test_hf_model_that_is_not_available_locally_is_a_one_line_error(tmp_path, ca
     assert status == 2
     err = capsys.readouterr().err.strip()
     assert "not available locally" in err and "\n" not in err
+
+
+def _finished_whole(out):
+    """The folder holds one complete run: every result file, and the CSV of the run that results.json names."""
+    names = set(os.listdir(out))
+    assert names == set(collapse.RESULT_FILES) - ({"mu_per_layer.png", "mu_final_vs_lambda.png"}
+                                                  if not plots.available() else set()), names
+    seeds = json.loads((out / "results.json").read_text())["config"]["seeds"]
+    with open(out / "results.csv") as f:
+        assert {int(row["seed"]) for row in csv.DictReader(f)} == set(seeds)
+    return seeds
+
+
+def test_out_that_cannot_be_created_fails_before_the_study(tmp_path, capsys):
+    assert main(["collapse", "--depth", "4000", "--no-progress", "--out", "/proc/nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lambdaskip collapse: error: cannot create --out /proc/nope") and "\n" not in err
+    (tmp_path / "file").write_text("x")
+    assert main(["collapse", *SMALL, "--out", str(tmp_path / "file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_second_run_into_a_locked_out_fails_at_once(tmp_path, capsys):
+    from lambdaskip.common import output_lock
+    out = tmp_path / "o"
+    with output_lock(out):
+        assert main(["collapse", "--depth", "4000", *SMALL[2:], "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is in use by another run" in err and "\n" not in err and not out.exists()
+    assert not os.listdir(tmp_path)  # the lock file is gone with its holder
+
+
+def test_an_overwrite_replaces_the_folder_whole_even_when_interrupted(tmp_path, monkeypatch):
+    from lambdaskip.common import staged_folder
+    out = tmp_path / "o"
+    argv = ["collapse", "--archs", "s4d", "--lams", "1", *SMALL, "--out", str(out)]
+    assert main(argv) == 0 and _finished_whole(out) == [0]
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C while the new folder is being written: the old one stays
+        with staged_folder(out) as folder:
+            (Path(folder) / "results.csv").write_text("half")
+            raise KeyboardInterrupt
+    assert _finished_whole(out) == [0] and sorted(os.listdir(tmp_path)) == ["o"]
+    renames = []
+
+    def rename_then_interrupt(src, dst):  # Ctrl-C arrives between the two renames of the swap
+        renames.append(dst)
+        os.replace(src, dst)
+        if len(renames) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(os, "rename", rename_then_interrupt)
+    assert main([*argv, "--overwrite", "--seeds", "1"]) == 130  # interrupted, after the swap completed
+    monkeypatch.undo()
+    assert len(renames) == 2 and _finished_whole(out) == [1] and sorted(os.listdir(tmp_path)) == ["o"]
+
+
+def test_sigint_from_outside_during_an_overwrite_leaves_old_or_new(tmp_path):
+    out = tmp_path / "o"
+    argv = [sys.executable, "-m", "lambdaskip", "collapse", "--archs", "attention", "--lams", "0", "1", *SMALL,
+            "--out", str(out)]
+    assert subprocess.run(argv, capture_output=True, timeout=300).returncode == 0
+    overwrite = [a for a in argv if a != "--no-progress"] + ["--overwrite", "--seeds", "1", "--depth", "40"]
+    process = subprocess.Popen(overwrite, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "collapse study" not in seen and process.poll() is None:  # the study has started (its progress bar)
+        seen += process.stderr.read(1)
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode in (0, 130), seen + err
+    if process.returncode == 130:
+        assert err.strip().endswith("interrupted") and "Traceback" not in err
+    assert _finished_whole(out) in ([0], [1])
+    assert sorted(os.listdir(tmp_path)) == ["o"]
+    # and a Ctrl-C inside the last step, the swap of the folders, is covered (deterministically) above
+
+
+def test_hf_model_folder_that_is_not_a_model_is_a_one_line_error(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert main(["collapse", "--hf-model", str(tmp_path), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"lambdaskip collapse: error: --hf-model {tmp_path}:") and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_hf_model_gpt2_has_no_gating_label_and_llama_is_refused_in_one_line(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64,
+                                                         n_positions=32)).save_pretrained(tmp_path / "gpt2")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["collapse", "--hf-model", str(tmp_path / "gpt2"), "--lams", "-1", "1", "--seqlen", "8",
+                 "--excerpts", "2", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "gating" not in printed and "λ=-1:" in printed
+    assert {r["gating"] for r in json.loads((out / "results.json").read_text())["rows"]} == {None}
+    if plots.available():
+        assert (out / "mu_per_layer.png").read_bytes().startswith(b"\x89PNG")
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=2,
+        vocab_size=64)).save_pretrained(tmp_path / "llama")
+    capsys.readouterr()
+    assert main(["collapse", "--hf-model", str(tmp_path / "llama"), "--lams", "1", "--seqlen", "8",
+                 "--excerpts", "2", "--out", str(tmp_path / "llama_out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().replace("\r", "\n").splitlines()[-1]  # after transformers' loading bar
+    assert err.startswith(f"lambdaskip collapse: error: --hf-model {tmp_path / 'llama'}:") and "support" in err
+    assert not (tmp_path / "llama_out").exists()

@@ -7,6 +7,7 @@ transformers = pytest.importorskip("transformers")
 
 from lambdaskip.hf import SUPPORTED_MODELS, restore, retrofit, retrofit_summary
 from lambdaskip.hf.mamba2_mixer import ssd_mixer_forward
+from lambdaskip.modules import LambdaSkip
 from lambdaskip.testing import assert_close
 
 VOCAB = 61
@@ -181,14 +182,25 @@ def test_bert_layernorm_with_copied_weights_is_close_to_the_original():
         assert_close(run(model, ids), expected, torch.float32, "BERT with the fused λ-LayerNorm")
 
 
+# the norm kind after every sum with placement="post" and norm=None: pre-norms move after the sum,
+# post-norm models keep their own (the λ-skip then has no norm of its own)
+OWN_POST_NORM = {"mamba2": "rmsnorm", "gpt2": "layernorm", "bert": None, "albert": None}
+
+
 @pytest.mark.parametrize("norm", [None, "l2", "rmsnorm", "layernorm"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_norm_runs_post_placement(family, norm):
     model, ids = make_model(family), token_ids()
-    _, summary = retrofit(model, lam=10.0, norm=norm, placement="post")
     with torch.no_grad():
-        assert torch.isfinite(run(model, ids)).all()
-    assert (norm or "") in summary.norm or norm is None
+        original = run(model, ids)
+    _, summary = retrofit(model, lam=10.0, norm=norm, placement="post")
+    skips = [m for m in model.modules() if isinstance(m, LambdaSkip)]
+    want = norm or OWN_POST_NORM[family]
+    assert len(skips) == len(summary.sites) and all(skip.norm == want for skip in skips)
+    assert summary.norm.startswith(want or "own")
+    with torch.no_grad():
+        out = run(model, ids)
+    assert torch.isfinite(out).all() and not torch.allclose(out, original)   # λ = 10 went through
 
 
 def test_unsupported_models_get_a_clear_error():

@@ -102,15 +102,20 @@ def _params():
 
 
 @pytest.mark.parametrize("change,exc,name", [
-    (lambda p: (p[0].double(), *p[1:]), TypeError, "A_re"),
+    (lambda p: (p[0].double(), *p[1:]), TypeError, "^log_dt must match"),
+    (lambda p: (p[0], p[1].double(), p[2], p[3]), TypeError, "^A_re must match"),
     (lambda p: (p[0].long(), *p[1:]), TypeError, "log_dt"),
     (lambda p: (p[0], torch.complex(p[1], p[2]), p[2], p[3]), TypeError, "A_re"),
     (lambda p: (p[0], p[1], p[2], p[3].real), TypeError, "C"),
     (lambda p: (p[0], p[1], p[2], p[3].to(torch.complex128)), TypeError, "C"),
     (lambda p: (p[0], p[1], p[2].half(), p[3]), TypeError, "A_im"),
-    (lambda p: (p[0][:1], *p[1:]), ValueError, "A_re"),
-    (lambda p: (p[0], p[1], p[2][:, :1], p[3]), ValueError, "A_im"),
-    (lambda p: (p[0], p[1], p[2], p[3][:, :1]), ValueError, "C"),
+    (lambda p: (p[0][:1], *p[1:]), ValueError, "^log_dt must have shape"),
+    (lambda p: (p[0], p[1][:, :1], p[2], p[3]), ValueError, "^A_re must have the shape"),
+    (lambda p: (p[0], p[1][:1], p[2], p[3]), ValueError, "^A_re must have the shape"),
+    (lambda p: (p[0], p[1].abs(), p[2], p[3]), ValueError, r"^A_re must be <= 0"),
+    (lambda p: (p[0][:0], p[1][:0], p[2][:0], p[3][:0]), ValueError, "H > 0"),
+    (lambda p: (p[0], p[1], p[2][:, :1], p[3]), ValueError, "^A_im must have the shape"),
+    (lambda p: (p[0], p[1], p[2], p[3][:, :1]), ValueError, "^C must have the shape"),
     (lambda p: (p[0][None], *p[1:]), ValueError, "log_dt"),
     (lambda p: (p[0], p[1], p[2], p[3].to("meta")), ValueError, "device"),
     (lambda p: (p[0], p[1], p[2], [1, 2]), TypeError, "C"),
@@ -120,7 +125,7 @@ def test_kernel_validation(change, exc, name):
         s4d_kernel(*change(_params()), 8)
 
 
-@pytest.mark.parametrize("L,exc", [(0, ValueError), (-3, ValueError), (2.0, TypeError), (True, TypeError)])
+@pytest.mark.parametrize("L,exc", [(-3, ValueError), (2.0, TypeError), (True, TypeError)])
 def test_kernel_validation_length(L, exc):
     with pytest.raises(exc, match="L"):
         s4d_kernel(*_params(), L)
@@ -135,7 +140,7 @@ def test_kernel_validation_backend():
     ((torch.randn(2, 3, 5), torch.randn(3, 4)), {}, ValueError, "K"),
     ((torch.randn(2, 3, 5), torch.randn(2, 5)), {}, ValueError, "K"),
     ((torch.randn(3, 5), torch.randn(3, 5)), {}, ValueError, "u"),
-    ((torch.randn(2, 3, 0), torch.randn(3, 0)), {}, ValueError, "u"),
+    ((torch.randn(2, 0, 5), torch.randn(0, 5)), {}, ValueError, "u must have H > 0"),
     ((torch.randn(2, 3, 5).long(), torch.randn(3, 5)), {}, TypeError, "u"),
     ((torch.randn(2, 3, 5), torch.randn(3, 5, dtype=torch.complex64)), {}, TypeError, "K"),
     ((torch.randn(2, 3, 5), torch.randn(3, 5), torch.randn(4)), {}, ValueError, "D"),

@@ -189,6 +189,24 @@ def test_paper_preset():
     paper.validate()
 
 
+def test_sweep_writes_table_and_plots(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    argv = ["sweep", "mqar", "--vocab-size", "16", "--seqlen", "16", "--num-pairs", "2", "--num-train", "64",
+            "--num-test", "16", "--d-model", "16", "--epochs", "1", "--batch-size", "32", "--threads", "1", "--quiet",
+            "--lams", "0", "1", "--learnable-inits", "1", "--lrs", "1e-3", "--seeds", "0", "--out", str(tmp_path / "sweep")]
+    assert main(argv) == 0
+    printed = capsys.readouterr()  # --quiet still says which run is running, and where it wrote
+    assert "run 1/3: attention_fixed+0_lr" in printed.err and "run 3/3: attention_learn+1" in printed.err
+    assert f"wrote {tmp_path / 'sweep'}/results.csv" in printed.out
+    out = tmp_path / "sweep"
+    assert {"results.csv", "results.md", "accuracy_vs_lambda.png", "mu_over_training.png", "sweep.json"} <= set(
+        os.listdir(out))
+    assert len((out / "results.csv").read_text().splitlines()) == 4
+    table = (out / "results.md").read_text()
+    assert "learnable from +1" in table and "| attention | +0 |" in table
+    assert main(argv) == 0  # a finished sweep resumes every run without training again
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("arch", ["attention", "mamba2", "s4d"])
 def test_tiny_mqar_on_gpu_with_bf16_autocast(tmp_path, arch):
@@ -197,3 +215,143 @@ def test_tiny_mqar_on_gpu_with_bf16_autocast(tmp_path, arch):
     assert all(torch.isfinite(torch.tensor(summary["final"][k])) for k in ("train_loss", "eval_loss", "mu2"))
     if arch == "attention":
         assert summary["best_eval_acc"] > 0.5
+
+
+def _tiny_argv(out, *extra):
+    return ["train", "mqar", "--out", str(out), "--vocab-size", "16", "--seqlen", "16", "--num-pairs", "2",
+            "--num-train", "64", "--num-test", "16", "--d-model", "16", "--batch-size", "32", "--epochs", "2",
+            "--threads", "1", "--quiet", *extra]
+
+
+def test_diverging_run_stops_with_one_line_and_is_not_finished(tmp_path, capsys):
+    out = tmp_path / "nan"
+    assert main(_tiny_argv(out, "--lr", "1e4", "--clip-grad", "0", "--epochs", "3")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lambdaskip train: error: training diverged") and "\n" not in err
+    assert not (out / SUMMARY).exists()
+    if (out / CHECKPOINT).exists():  # the last good epoch's checkpoint is kept, finite and not finished
+        state = load_checkpoint(out / CHECKPOINT)
+        assert not state["finished"] and all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+def test_nonfinite_checkpoint_is_refused_after_load(tmp_path):
+    from lambdaskip.training import TrainingDiverged, save_checkpoint
+    config = _config(tmp_path, epochs=2, num_train=64, num_test=16, d_model=16)
+    train(config, stop_after=1)
+    state = load_checkpoint(tmp_path / "run" / CHECKPOINT)
+    model = build_model(config, load_data(config)[1])
+    model.load_state_dict(state["model"])
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    optimizer = build_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(0, 4))
+    save_checkpoint(tmp_path / "run" / CHECKPOINT, model, optimizer, scheduler, 1, state["history"], config, False,
+                    torch.device("cpu"))
+    with pytest.raises(TrainingDiverged, match="non-finite values in the checkpoint"):
+        train(config)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty", "random", "no-checksum"])
+def test_damaged_checkpoint_is_refused_with_one_line(tmp_path, capsys, damage):
+    out = tmp_path / "run"
+    argv = _tiny_argv(out)
+    assert main(argv + ["--epochs", "1"]) == 0
+    capsys.readouterr()
+    path = out / CHECKPOINT
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        middle = len(data) // 2
+        data[middle:middle + 2000] = bytes(b ^ 0xFF for b in data[middle:middle + 2000])
+    elif damage == "truncate":
+        data = data[: len(data) // 3]
+    elif damage == "empty":
+        data = bytearray()
+    elif damage == "random":
+        data = bytearray(torch.randint(0, 256, (len(data),), dtype=torch.uint8).numpy().tobytes())
+    else:
+        (out / (CHECKPOINT + ".sha256")).unlink()
+    path.write_bytes(bytes(data))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"lambdaskip train: error: checkpoint {path} is corrupt (") and "\n" not in err
+    assert err.endswith("remove it or use another --out") and "weights_only" not in err
+    assert path.read_bytes() == bytes(data)  # left as it was, for the user to inspect
+
+
+def test_checkpoint_checksum_lists_the_replaced_checkpoint(tmp_path):
+    """A kill between the two renames of a save (new checksums, old checkpoint) still resumes."""
+    out = tmp_path / "run"
+    train(_config(tmp_path, epochs=2, num_train=64, num_test=16, d_model=16), stop_after=1)
+    old = (out / CHECKPOINT).read_bytes()
+    train(_config(tmp_path, epochs=2, num_train=64, num_test=16, d_model=16), stop_after=1)
+    lines = (out / (CHECKPOINT + ".sha256")).read_text().splitlines()
+    assert len(lines) == 2 and all(line.endswith("  " + CHECKPOINT) for line in lines)
+    (out / CHECKPOINT).write_bytes(old)
+    assert load_checkpoint(out / CHECKPOINT)["epoch"] == 1
+
+
+def test_run_folder_is_checked_locked_and_appears_whole(tmp_path, capsys):
+    from lambdaskip.common import output_lock
+    (tmp_path / "file").write_text("x")
+    assert main(_tiny_argv(tmp_path / "file")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"lambdaskip train: error: --out {tmp_path / 'file'} is a file, not a folder"
+    assert main(_tiny_argv(tmp_path / "new" / "refused", "--batch-size", "5000")) == 2  # refused after loading data
+    assert "batch_size" in capsys.readouterr().err and sorted(os.listdir(tmp_path)) == ["file"]
+    with output_lock(tmp_path / "busy"):
+        assert main(_tiny_argv(tmp_path / "busy")) == 2
+    assert "is in use by another run" in capsys.readouterr().err and not (tmp_path / "busy").exists()
+    config = _config(tmp_path, epochs=2, num_train=64, num_test=16, d_model=16)
+    train(config, stop_after=0)  # no epoch done: no folder
+    assert not (tmp_path / "run").exists()
+    train(config, stop_after=1)
+    assert sorted(os.listdir(tmp_path / "run")) == [CHECKPOINT, CHECKPOINT + ".sha256", METRICS_CSV, METRICS_JSON]
+    capsys.readouterr()
+    train(config)
+    assert "resuming from epoch 1" in capsys.readouterr().err
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]  # no lock or temporary left
+
+
+@pytest.mark.parametrize("argv, name, code", [
+    (["train", "mqar", "--out", "{out}", "--arch", "rnn"], "--arch", 2),
+    (["train", "mqar", "--out", "{out}", "--depth", "-1"], "depth", 2),
+    (["train", "mqar", "--out", "{out}", "--depth", "two"], "--depth", 2),
+    (["train", "mqar", "--out", "{out}", "--norm", "batchnorm"], "norm", 2),
+    (["train", "mqar", "--out", "{out}", "--lr", "nan"], "lr", 2),
+    (["train", "mqar", "--out", "{out}", "--seed", "-1"], "seed", 2),
+    (["train", "mqar"], "--out", 2),
+    (["train", "mqar", "--out", "{file}"], "--out", 2),
+    (["sweep", "mqar", "--out", "{out}", "--lams", "--learnable-inits"], "--lams", 2),
+    (["sweep", "mqar", "--out", "{out}", "--seeds", "x"], "--seeds", 2),
+    (["collapse", "--out", "/proc/nope"], "--out", 2),
+    (["collapse", "--out", "{out}", "--depth", "0"], "depth", 2),
+    (["collapse", "--out", "{out}", "--gating", "maybe"], "gating", 2),
+    (["collapse", "--out", "{out}", "--hf-model", "{out}/nowhere"], "--hf-model", 2),
+    (["frobnicate"], "frobnicate", 2),
+])
+def test_bad_input_battery_one_line_naming_the_argument(tmp_path, capsys, argv, name, code):
+    (tmp_path / "file").write_text("x")
+    argv = [a.replace("{out}", str(tmp_path / "o")).replace("{file}", str(tmp_path / "file")) for a in argv]
+    try:
+        status = main(argv)
+    except SystemExit as exit_:  # argparse
+        status = exit_.code
+    assert status == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and name in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_norm_none_trains(tmp_path):
+    config = TrainConfig(out=str(tmp_path / "run"), **{**TINY, "norm": None, "epochs": 1, "num_train": 64,
+                                                       "num_test": 16, "d_model": 16})
+    assert train(config)["finished"]
+    assert main(_tiny_argv(tmp_path / "cli", "--norm", "none", "--epochs", "1")) == 0
+
+
+def test_paper_size_on_cpu_warns(capsys):
+    from lambdaskip.cli import build_parser
+    from lambdaskip.cli.train import config_from_args
+    args = build_parser().parse_args(["train", "mqar", "--out", "x", "--paper-size", "--device", "cpu"])
+    config_from_args(args, out="x", lam=1.0, learnable=False)
+    assert "--paper-size is sized for a GPU" in capsys.readouterr().err

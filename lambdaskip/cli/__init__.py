@@ -10,10 +10,13 @@ import argparse
 import sys
 
 from lambdaskip.cli import collapse, train
+from lambdaskip.cli.flags import OneLineParser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lambdaskip", description="λ-skip layers and rank-collapse studies")
+    from lambdaskip.common import __version__
+    parser = OneLineParser(prog="lambdaskip", description="λ-skip layers and rank-collapse studies")
+    parser.add_argument("--version", action="version", version=f"lambdaskip {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     collapse.add_subcommand(commands)
     train.add_subcommands(commands)
@@ -21,8 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit status is 0, 1 (a failure while running), 2 (bad input, one line on stderr)
+    or 130 (Ctrl-C: "interrupted"; output folders are then left whole, old or new)."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print(f"lambdaskip {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lambdaskip.common import OutputError, output_lock
 from lambdaskip.modules import ARCHS
 from lambdaskip.studies import collapse as study
 from lambdaskip.studies.collapse import plots
@@ -64,22 +65,32 @@ def config_from_args(args: argparse.Namespace) -> study.StudyConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the study from parsed arguments; returns the exit status (2 with a one-line error)."""
+    """Run the study from parsed arguments; returns the exit status (2 with a one-line error). ``--out`` is
+    locked, and checked before the run; it is replaced whole after it."""
     try:
         config = config_from_args(args)
         config.validate()
-        if args.hf_model:
-            results = study.run_hf_study(config, args.hf_model, args.out, args.overwrite)
-        else:
-            study.check_out_dir(args.out, args.overwrite)  # refuse before the run, create only after it
-            results = study.run_study(config, progress=not args.no_progress)
-            written = study.write_outputs(results, args.out, args.overwrite)
-    except (study.StudyError, study.TextInputError) as err:
+        with output_lock(args.out):
+            study.check_out_dir(args.out, args.overwrite)  # refuse before the run
+            if args.hf_model:
+                results = study.run_hf_study(config, args.hf_model, args.out, args.overwrite,
+                                             progress=not args.no_progress)
+            else:
+                results = study.run_study(config, progress=not args.no_progress)
+                written = study.write_outputs(results, args.out, args.overwrite)
+    except (study.StudyError, study.TextInputError, OutputError) as err:
         print(f"lambdaskip collapse: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        print(f"lambdaskip collapse: error: writing {args.out}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    except RuntimeError as err:  # a failure while running (out of memory, a backend error): one line, status 1
+        print(f"lambdaskip collapse: error: {str(err).strip().splitlines()[0] if str(err).strip() else err!r}",
+              file=sys.stderr)
+        return 1
     if args.hf_model:
         print(study.format_hf_table(results))
-        print(f"wrote {args.out}/results.csv, {args.out}/results.json")
+        print(f"wrote {args.out}")
         return 0
     print(study.format_table(results))
     if not plots.available():

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 from lambdaskip.cli.flags import add_alias
+from lambdaskip.common import output_lock
 from lambdaskip.modules import ARCHS
 
 
@@ -27,7 +30,7 @@ _FIELDS = [
     ("--nheads", int, "attention heads (default 2)"),
     ("--d-state", int, "SSM state size for mamba2 and s4d (default 16)"),
     ("--headdim", int, "Mamba-2 head dimension (default 16)"),
-    ("--norm", str, "post-norm of every λ-skip: layernorm, rmsnorm or l2 (default layernorm)"),
+    ("--norm", str, "post-norm of every λ-skip: layernorm, rmsnorm, l2 or none (default layernorm)"),
     ("--position-std", float, "initial scale of the learned positions (default: 1 for mqar, 0.02 for image)"),
     ("--epochs", int, "epochs (default 6)"),
     ("--batch-size", int, "global batch over all ranks (default 64)"),
@@ -35,12 +38,13 @@ _FIELDS = [
     ("--weight-decay", float, "AdamW weight decay on matrices (default 0.1)"),
     ("--warmup-frac", float, "fraction of steps with linear warmup, then cosine decay (default 0.1)"),
     ("--clip-grad", float, "gradient-norm clipping, 0 disables (default 1.0)"),
-    ("--target-acc", float, "stop once the evaluation accuracy reaches this fraction"),
+    ("--target-acc", float, "stop once the evaluation accuracy reaches this fraction (default: all epochs)"),
     ("--seed", int, "seed of data, initialisation and data order (default 0)"),
     ("--eval-batch-size", int, "evaluation batch (default 256)"),
     ("--probe-batch", int, "evaluation sequences used for μ per layer (default 8)"),
     ("--device", str, "auto, cpu or cuda (default auto)"),
-    ("--threads", int, "CPU threads per process, 0 = PyTorch's default; 1 is fastest for small models"),
+    ("--threads", int, "CPU threads per process, 0 = PyTorch's default; 1 is fastest for small models "
+                       "(default 0)"),
     ("--checkpoint", _checkpoint_arg, "activation checkpointing: 'block' (every block) or K (every K blocks), "
                                       "recomputed in the backward; for deep stacks (default none)"),
 ]
@@ -68,7 +72,8 @@ def _dest(option: str) -> str:
 
 def _add_model_and_task_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", choices=("mqar", "image"), help="mqar or image (sequence classification)")
-    parser.add_argument("--arch", choices=ARCHS, default="attention")
+    parser.add_argument("--arch", choices=ARCHS, default="attention",
+                        help=f"mixer of every block: {', '.join(ARCHS)} (default %(default)s)")
     for option, kind, text in _FIELDS + _MQAR_FIELDS + _IMAGE_FIELDS:
         parser.add_argument(option, type=kind, default=None, help=text)
     for old, option, kind in _ALIASES:
@@ -88,35 +93,57 @@ def config_from_args(args: argparse.Namespace, **overrides):
         raise ValueError("--paper-size applies to the mqar task only")
     values = {_dest(option): getattr(args, _dest(option)) for option, _, _ in _FIELDS + _MQAR_FIELDS + _IMAGE_FIELDS}
     values = {k: v for k, v in values.items() if v is not None}
+    if str(values.get("norm", "")).lower() in ("none", "off"):
+        values["norm"] = None
     values.update(task=args.task, arch=args.arch, mlp=not args.no_mlp, positions=not args.no_positions,
                   amp=not args.no_amp, progress=not args.quiet)
     values.update(overrides)
     config = TrainConfig.paper_mqar(**values) if args.paper_size else TrainConfig(**values)
     config.validate()
+    if args.paper_size and (config.device == "cpu" or not _cuda()):
+        print("lambdaskip: warning: --paper-size is sized for a GPU; on the CPU one epoch takes hours "
+              "(use --device cuda, or smaller sizes)", file=sys.stderr)
     return config
 
 
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
 def _fail(command: str, error: Exception) -> int:
-    print(f"lambdaskip {command}: error: {error}", file=sys.stderr)
-    return 2
+    """Print ``error`` as one line; exit status 1 for a failure while running, 2 for bad input."""
+    text = str(error).strip()
+    print(f"lambdaskip {command}: error: {text.splitlines()[0] if text else type(error).__name__}", file=sys.stderr)
+    return 2 if isinstance(error, (ValueError, ImportError, FileNotFoundError)) else 1
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from lambdaskip.training import train
     from lambdaskip.training.distributed import leave_process_group
+    completed, code = False, 0
     try:
         config = config_from_args(args, out=args.out, lam=args.lam, learnable=args.learnable)
         summary = train(config, resume=not args.no_resume)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        return _fail("train", error)
+        completed = True
+    except (ValueError, OSError, ImportError, RuntimeError) as error:
+        code = _fail("train", error)
     finally:
-        leave_process_group()
-    final = summary["final"]
+        leave_process_group(completed)
+    final = summary["final"] if completed else None
     if final is not None and summary["rank"] == 0:
         state = "finished" if summary["finished"] else "stopped"
         print(f"{state} after {summary['epochs_done']} epochs: eval accuracy {final['eval_acc']:.4f} "
               f"(best {summary['best_eval_acc']:.4f}); files in {args.out}")
-    return 0
+    return _end_rank(code)
+
+
+def _end_rank(code: int) -> int:
+    """``code``; a rank of a torchrun job exits here (see :func:`~lambdaskip.training.distributed.exit_rank`)."""
+    from lambdaskip.training.distributed import exit_rank, joined_process_group
+    if joined_process_group():
+        exit_rank(code)
+    return code
 
 
 def add_train_subcommand(commands) -> None:
@@ -124,7 +151,7 @@ def add_train_subcommand(commands) -> None:
     parser = commands.add_parser("train", help="train one model on MQAR or image-sequence classification",
                                  description="Train one λ-skip model; under torchrun it runs with DDP.")
     _add_model_and_task_arguments(parser)
-    parser.add_argument("--lam", type=float, default=1.0, help="initial λ of every skip (default 1)")
+    parser.add_argument("--lam", type=float, default=1.0, help="initial λ of every skip (default %(default)g)")
     parser.add_argument("--learnable", action="store_true", help="λ is a trainable parameter per skip")
     parser.add_argument("--out", required=True, help="run folder (checkpoint, metrics, summary)")
     parser.add_argument("--no-resume", action="store_true", help="fail instead of resuming an existing run")
@@ -134,18 +161,22 @@ def add_train_subcommand(commands) -> None:
 def _run_sweep(args: argparse.Namespace) -> int:
     from lambdaskip.training import SweepConfig, run_sweep
     from lambdaskip.training.distributed import leave_process_group
+    completed, code = False, 0
     try:
         # left out, --lrs and --seeds take SweepConfig's defaults (the paper's lr grid, seeds 0 1 2); a --lr
         # without --lrs sweeps that one learning rate
         given = {"lrs": args.lrs or ([args.lr] if args.lr is not None else None), "seeds": args.seeds}
         sweep = SweepConfig(out=args.out, archs=args.archs, lams=args.lams, learnable_inits=args.learnable_inits,
-                            **{k: v for k, v in given.items() if v is not None})
-        run_sweep(sweep, config_from_args(args, out=args.out))
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        return _fail("sweep", error)
+                            log_mu=args.log_mu, **{k: v for k, v in given.items() if v is not None})
+        base = config_from_args(args, out=args.out)
+        with output_lock(args.out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
+            run_sweep(sweep, base)
+        completed = True
+    except (ValueError, OSError, ImportError, RuntimeError) as error:
+        code = _fail("sweep", error)
     finally:
-        leave_process_group()
-    return 0
+        leave_process_group(completed)
+    return _end_rank(code)
 
 
 def add_sweep_subcommand(commands) -> None:
@@ -156,14 +187,16 @@ def add_sweep_subcommand(commands) -> None:
     _add_model_and_task_arguments(parser)
     parser.add_argument("--archs", nargs="+", choices=ARCHS, default=None,
                         help="architectures (default: --arch)")
-    parser.add_argument("--lams", type=float, nargs="*", default=[-2.0, -1.0, 0.0, 1.0, 2.0], help="fixed λ values")
+    parser.add_argument("--lams", type=float, nargs="*", default=[-2.0, -1.0, 0.0, 1.0, 2.0],
+                        help="fixed λ values (default %(default)s)")
     parser.add_argument("--learnable-inits", type=float, nargs="*", default=[-1.0, 1.0],
-                        help="initial values of learnable λ")
+                        help="initial values of learnable λ (default %(default)s)")
     parser.add_argument("--lrs", type=float, nargs="+", default=None,
                         help="learning rates, swept per arch and λ setting and the best reported (default: the "
                              "paper's logspace(-4, -2, 4) = 1e-4 4.64e-4 2.15e-3 1e-2; with --lr: that one)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2)")
     parser.add_argument("--out", required=True, help="sweep folder")
+    parser.add_argument("--log-mu", action="store_true", help="mu_over_training.png with a log y axis")
     parser.set_defaults(run=_run_sweep)
 
 

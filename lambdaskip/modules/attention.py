@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from lambdaskip import ops
-from lambdaskip.common import renamed_argument
+from lambdaskip.common import check_bool, renamed_argument
 from lambdaskip.modules.constants import MixerConstants, frobenius_norm, spectral_norm
 from lambdaskip.reference.attention import attention_map
 
@@ -28,7 +28,7 @@ class AttentionMixer(nn.Module):
         nheads = renamed_argument("AttentionMixer", "n_heads", "nheads", n_heads, nheads)
         if nheads <= 0 or d_model % nheads:
             raise ValueError(f"d_model={d_model} must be divisible by nheads={nheads} (> 0)")
-        self.d_model, self.nheads, self.causal = d_model, nheads, causal
+        self.d_model, self.nheads, self.causal = d_model, nheads, check_bool("causal", causal)
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias) if out_proj else nn.Identity()
 

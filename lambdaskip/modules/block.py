@@ -13,11 +13,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
+from lambdaskip.metrics import telemetry_paused
 from lambdaskip.modules.attention import AttentionMixer
 from lambdaskip.modules.lambda_skip import LambdaSkip, check_norm, lam_values
 from lambdaskip.modules.lti import IdentityMixer, LTIMixer
 from lambdaskip.modules.mamba2 import Mamba2Mixer
-from lambdaskip.metrics import telemetry_paused
 from lambdaskip.modules.s4d import S4DMixer
 
 # The paper's three sequence models, the architectures of the studies and the trainer; MIXERS adds the
@@ -194,7 +194,7 @@ class LambdaSkipStack(nn.Module):
 def stack_lams(lam, depth: int) -> list[torch.Tensor]:
     """One λ tensor per block (0-d, or (K,) for K variants) from a number, ``depth`` values, or a
     (depth, K) nested sequence / tensor; raises TypeError / ValueError naming ``lam``."""
-    if isinstance(lam, torch.Tensor) and lam.dim() > 0 or isinstance(lam, (list, tuple)):
+    if (isinstance(lam, torch.Tensor) and lam.dim() > 0) or isinstance(lam, (list, tuple)):
         per_block = list(lam)
     else:
         per_block = [lam] * depth

@@ -18,6 +18,7 @@ from torch import nn
 
 from lambdaskip import ops
 from lambdaskip.modules.constants import MixerConstants, spectral_norm
+from lambdaskip.reference.ssd import seq_idx_from_cu_seqlens
 
 
 class GatedRMSNorm(nn.Module):
@@ -98,22 +99,50 @@ class Mamba2Mixer(nn.Module):
         self.norm = GatedRMSNorm(d_inner, d_inner // ngroups, eps=norm_eps) if inner_norm else None
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
 
-    def _project(self, u: torch.Tensor):
+    def _project(self, u: torch.Tensor, seq_idx: torch.Tensor | None = None):
         """in_proj and the short causal conv: z (b, l, d_inner), x (b, l, h, p), raw dt (b, l, h),
         B and C (b, l, g, n)."""
         if u.dim() != 3 or u.shape[-1] != self.d_model:
             raise ValueError(f"input must have shape (batch, seqlen, {self.d_model}), got {tuple(u.shape)}")
         b, l, _ = u.shape
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
-        xBC = F.silu(self.conv1d(xBC.transpose(1, 2))[..., :l].transpose(1, 2))
+        xBC = F.silu(self._causal_conv(xBC, seq_idx))
         x, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         return (z, x.reshape(b, l, self.nheads, self.headdim), dt, B.reshape(b, l, self.ngroups, self.d_state),
                 C.reshape(b, l, self.ngroups, self.d_state))
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        z, x, dt, B, C = self._project(u)
-        y = ops.ssd_scan(x, dt, -torch.exp(self.A_log.float()), B, C, chunk_size=self.chunk_size, D=self.D,
-                         dt_bias=self.dt_bias, dt_softplus=True).flatten(-2)
+    def _causal_conv(self, xBC: torch.Tensor, seq_idx: torch.Tensor | None) -> torch.Tensor:
+        """The depthwise causal conv of xBC (b, l, conv_dim). With seq_idx (b, l), a token only sees the
+        tokens of its own sequence: ``out_t = bias + Σ_j w[d_conv − 1 − j] · x_{t−j} · [seq_{t−j} = seq_t]``."""
+        l = xBC.shape[1]
+        if seq_idx is None:
+            return self.conv1d(xBC.transpose(1, 2))[..., :l].transpose(1, 2)
+        weight = self.conv1d.weight[:, 0]                                       # (conv_dim, d_conv)
+        width = weight.shape[-1]
+        out = xBC * weight[:, -1]
+        for lag in range(1, min(width, l)):
+            same = (seq_idx[:, lag:] == seq_idx[:, :-lag])[..., None]
+            out = out + F.pad(xBC[:, :-lag] * same, (0, 0, lag, 0)) * weight[:, width - 1 - lag]
+        return out if self.conv1d.bias is None else out + self.conv1d.bias
+
+    def forward(self, u: torch.Tensor, seq_idx: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """u (batch, seqlen, d_model) → (batch, seqlen, d_model).
+
+        Packed sequences: ``seq_idx`` (batch, seqlen) int32/int64, non-decreasing, and/or ``cu_seqlens``
+        (num_seqs + 1,) (batch 1), as :func:`lambdaskip.ops.ssd_scan` takes them; neither the conv nor the
+        scan carries anything across a boundary, so the output equals running each sequence alone.
+        """
+        if cu_seqlens is not None and seq_idx is None:
+            if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.is_floating_point():
+                raise TypeError("cu_seqlens must be a 1-D integer tensor of sequence offsets")
+            seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, u.shape[1])
+        if seq_idx is not None and (not isinstance(seq_idx, torch.Tensor) or seq_idx.shape != u.shape[:2]
+                                    or seq_idx.is_floating_point()):
+            raise ValueError(f"seq_idx must be an integer tensor of shape (batch, seqlen) = {tuple(u.shape[:2])}")
+        z, x, dt, B, C = self._project(u, seq_idx)
+        y = ops.ssd_scan(x, dt, self._A(), B, C, self.chunk_size, D=self.D, dt_bias=self.dt_bias, seq_idx=seq_idx,
+                         cu_seqlens=cu_seqlens, dt_softplus=True).flatten(-2)
         gate = z if self.gating else None
         if self.norm is not None:
             y = self.norm(y, gate)
@@ -142,7 +171,7 @@ class Mamba2Mixer(nn.Module):
         self._check_cache(u, 3, cache)
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
         x, B, C = self._conv_step(xBC, cache)
-        y, final = ops.ssd_scan(x, dt, -torch.exp(self.A_log.float()), B, C, chunk_size=self.chunk_size, D=self.D,
+        y, final = ops.ssd_scan(x, dt, self._A(), B, C, chunk_size=self.chunk_size, D=self.D,
                                 dt_bias=self.dt_bias, dt_softplus=True, initial_states=cache.ssm_state,
                                 return_final_states=True)
         cache.ssm_state.copy_(final)
@@ -155,7 +184,7 @@ class Mamba2Mixer(nn.Module):
         self._check_cache(u, 2, cache)
         z, xBC, dt = torch.split(self.in_proj(u[:, None]), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
         x, B, C = self._conv_step(xBC, cache)
-        y = ops.ssd_step(cache.ssm_state, x[:, 0], dt[:, 0], -torch.exp(self.A_log.float()), B[:, 0], C[:, 0],
+        y = ops.ssd_step(cache.ssm_state, x[:, 0], dt[:, 0], self._A(), B[:, 0], C[:, 0],
                          D=self.D, dt_bias=self.dt_bias, dt_softplus=True)
         return self._gate_norm_out(y.flatten(-2)[:, None], z)[:, 0]
 
@@ -188,6 +217,9 @@ class Mamba2Mixer(nn.Module):
         elif gate is not None:
             y = y * F.silu(gate)
         return self.out_proj(y)
+    def _A(self) -> torch.Tensor:
+        """A = -exp(A_log) (nheads,), in float32 (float64 in a float64 model)."""
+        return -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
 
     def ssd_inputs(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
         """The scan's inputs for ``u`` (batch, seqlen, d_model), as :meth:`forward` computes them.
@@ -196,7 +228,7 @@ class Mamba2Mixer(nn.Module):
         softplus(dt + dt_bias); A (nheads,); B, C (batch, seqlen, ngroups, d_state); z (batch, seqlen, d_inner).
         """
         z, x, dt, B, C = self._project(u)
-        return {"x": x, "dt": F.softplus(dt + self.dt_bias), "A": -torch.exp(self.A_log.float()), "B": B, "C": C,
+        return {"x": x, "dt": F.softplus(dt + self.dt_bias), "A": self._A(), "B": B, "C": C,
                 "z": z}
 
     def mixing_matrix(self, u: torch.Tensor, include_D: bool = True) -> torch.Tensor:

@@ -85,11 +85,14 @@ def choose_backend(op: str, backend: str, device: torch.device, supported: tuple
     Returns:
         one of ``supported``.
     Raises:
-        ValueError: ``backend`` is unknown or not implemented by ``op``.
+        ValueError: ``backend`` is unknown or not implemented by ``op``; the message lists only the
+            backends ``op`` takes.
         RuntimeError: a forced backend cannot run on ``device`` here.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto" and backend not in supported:
+        # one message for an unknown name and for a backend this op lacks: it lists only what this op takes
+        lacks = f" ({op} has no {backend!r} backend)" if backend in BACKENDS else ""
+        raise ValueError(f"{op}: backend must be one of {('auto',) + tuple(supported)}, got {backend!r}{lacks}")
     if backend == "auto":
         for preferred in reversed(_preferred):
             if preferred in supported and _can_run(preferred, device, extension_can_run):
@@ -99,8 +102,6 @@ def choose_backend(op: str, backend: str, device: torch.device, supported: tuple
         if "extension" in supported and extension_can_run is not None and extension_can_run(device):
             return "extension"
         return "reference"
-    if backend not in supported:
-        raise ValueError(f"{op}: backend={backend!r} is not implemented; choose from {('auto',) + supported}")
     if not _can_run(backend, device, extension_can_run):
         if backend == "extension":
             raise RuntimeError(f"{op}: backend='extension' cannot run on {device.type}: the compiled "

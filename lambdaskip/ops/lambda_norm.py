@@ -61,8 +61,8 @@ def lambda_norm_bwd(dout: Tensor, dh: Optional[Tensor], x: Tensor, residual: Ten
     Bitwise deterministic: row reductions go through per-program partial sums, no atomics."""
     from lambdaskip.kernels.lambda_norm import lambda_norm_backward
     return lambda_norm_backward(dout.contiguous(), None if dh is None else dh.contiguous(), x.contiguous(),
-                                residual.contiguous(), lam.contiguous(), None if weight is None else weight.contiguous(), bias,
-                                mean, rstd, norm)
+                                residual.contiguous(), lam.contiguous(),
+                                None if weight is None else weight.contiguous(), bias, mean, rstd, norm)
 
 
 @lambda_norm_bwd.register_fake
@@ -117,7 +117,8 @@ def lambda_norm(x: torch.Tensor, residual: torch.Tensor, lam, weight: torch.Tens
     """``out = Norm(x + lam·residual)`` over the last dim, fused.
 
     Args:
-        x: (..., d) float16/bfloat16/float32/float64 tensor.
+        x: (..., d) float16/bfloat16/float32/float64 tensor; the leading dims may be 0 (an empty result
+            that still carries gradients; μ of zero tokens is 0), d must be > 0.
         residual: same shape as ``x``, any float dtype.
         lam: λ, a finite Python number or a 0-d / (1,) float tensor, or one λ per batch element: a
             (batch,) float tensor, batch = x.shape[0], x of at least 2 dims; element b's λ scales
@@ -133,6 +134,10 @@ def lambda_norm(x: torch.Tensor, residual: torch.Tensor, lam, weight: torch.Tens
     Returns:
         ``out`` (x's shape and dtype), then ``h`` if prenorm, then ``mu`` (shape x.shape[:-2], float32 or
         float64) if return_mu; a tuple when more than one.
+    Non-finite input:
+        Rows are independent: NaN in a row of x or residual makes that row of ``out`` NaN (±inf: at
+        least that element; LayerNorm the whole row), and μ of its batch element; NaN in weight[j] or
+        bias[j] makes column j NaN. The same on every backend.
     Raises:
         TypeError / ValueError naming the offending argument; RuntimeError for a forced backend that
         cannot run here.
@@ -144,6 +149,8 @@ def lambda_norm(x: torch.Tensor, residual: torch.Tensor, lam, weight: torch.Tens
     if residual.shape != x.shape:
         raise ValueError(f"residual must have the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
     d = x.shape[-1]
+    if d == 0:
+        raise ValueError(f"x must have d > 0 features in its last dim, got shape {tuple(x.shape)}")
     if weight is not None:
         check_tensor("weight", weight, shape=(d,))
     if bias is not None:

@@ -31,28 +31,51 @@ COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 def _check_length(L) -> int:
     if isinstance(L, bool) or not isinstance(L, int):
         raise TypeError(f"L must be an int, got {type(L).__name__}")
-    if L <= 0:
-        raise ValueError(f"L must be > 0, got {L}")
+    if L < 0:
+        raise ValueError(f"L must be >= 0, got {L}")
     return L
 
 
+def _odd_one_out(values: dict):
+    """The name whose value differs from the value every other name shares, else None."""
+    for name, value in values.items():
+        others = {v for n, v in values.items() if n != name}
+        if len(others) == 1 and value not in others:
+            return name
+    return None
+
+
 def _check_kernel_params(log_dt, A_re, A_im, C) -> torch.device:
+    """Types, ranks, then shapes and dtypes; a mismatch blames the one argument that disagrees with the rest."""
     check_tensor("log_dt", log_dt, ndim=1, dtypes=PARAM_DTYPES)
-    H = log_dt.shape[0]
     check_tensor("A_re", A_re, ndim=2, dtypes=PARAM_DTYPES)
-    M = A_re.shape[1]
-    if A_re.shape[0] != H:
-        raise ValueError(f"A_re must have shape (H, N/2) with H = len(log_dt) = {H}, got {tuple(A_re.shape)}")
-    check_tensor("A_im", A_im, shape=(H, M), dtypes=PARAM_DTYPES)
-    check_tensor("C", C, shape=(H, M), dtypes=tuple(COMPLEX_OF.values()))
-    for name, t in (("A_re", A_re), ("A_im", A_im)):
-        if t.dtype != log_dt.dtype:
-            raise TypeError(f"{name} must have log_dt's dtype {log_dt.dtype}, got {t.dtype}")
-    if C.dtype != COMPLEX_OF[log_dt.dtype]:
-        raise TypeError(f"C must be {COMPLEX_OF[log_dt.dtype]} to match log_dt's {log_dt.dtype}, got {C.dtype}")
-    if M == 0:
-        raise ValueError("A_re, A_im and C must have at least one mode (N/2 > 0), got 0")
-    return check_same_device(log_dt=log_dt, A_re=A_re, A_im=A_im, C=C)
+    check_tensor("A_im", A_im, ndim=2, dtypes=PARAM_DTYPES)
+    check_tensor("C", C, ndim=2, dtypes=tuple(COMPLEX_OF.values()))
+    device = check_same_device(log_dt=log_dt, A_re=A_re, A_im=A_im, C=C)
+    real_of = {v: k for k, v in COMPLEX_OF.items()}
+    dtypes = {"log_dt": log_dt.dtype, "A_re": A_re.dtype, "A_im": A_im.dtype, "C": real_of[C.dtype]}
+    if len(set(dtypes.values())) > 1:
+        wrong = _odd_one_out(dtypes)
+        listing = ", ".join(f"{n} {str(t).replace('torch.', '')}" for n, t in
+                            zip(dtypes, (log_dt.dtype, A_re.dtype, A_im.dtype, C.dtype)))
+        raise TypeError(f"{wrong or 'log_dt, A_re, A_im and C'} must match the others' precision: float32 "
+                        f"parameters with complex64 C, or float64 with complex128; got {listing}")
+    shapes = {"A_re": tuple(A_re.shape), "A_im": tuple(A_im.shape), "C": tuple(C.shape)}
+    if len(set(shapes.values())) > 1:
+        wrong = _odd_one_out(shapes)
+        listing = ", ".join(f"{n} {shape}" for n, shape in shapes.items())
+        raise ValueError(f"{wrong or 'A_re, A_im and C'} must have the shape (H, N/2) of the others, got {listing}")
+    H, M = A_re.shape
+    if log_dt.shape[0] != H:
+        raise ValueError(f"log_dt must have shape (H,) with H = {H} channels as in A_re, A_im and C, "
+                         f"got {tuple(log_dt.shape)}")
+    if H == 0 or M == 0:
+        raise ValueError(f"A_re, A_im and C must have H > 0 channels and N/2 > 0 modes, got shape {(H, M)}")
+    if not torch.compiler.is_compiling() and bool((A_re > 0).any()):   # one host sync, on a (H, N/2) tensor
+        h, n = (int(i) for i in (A_re > 0).nonzero()[0])
+        raise ValueError(f"A_re must be <= 0 everywhere (A_re < 0: a decaying mode; exp(dt·A_re·l) overflows "
+                         f"for A_re > 0), got A_re[{h}, {n}] = {A_re[h, n].item():.6g}")
+    return device
 
 
 def s4d_kernel(log_dt: torch.Tensor, A_re: torch.Tensor, A_im: torch.Tensor, C: torch.Tensor, L: int, *,
@@ -61,22 +84,29 @@ def s4d_kernel(log_dt: torch.Tensor, A_re: torch.Tensor, A_im: torch.Tensor, C: 
 
     Args:
         log_dt: (H,) float32/float64.
-        A_re: (H, N/2), log_dt's dtype: the real part of A itself (< 0 for a stable channel).
+        A_re: (H, N/2), log_dt's dtype: the real part of A itself, <= 0 (< 0: a decaying, stable mode).
+            A positive entry is refused (ValueError): its kernel grows like exp(dt·A_re·l) and overflows.
+            The check reads the values (one host sync); it is skipped inside torch.compile.
         A_im: (H, N/2), log_dt's dtype.
         C: (H, N/2), complex64 for float32 parameters, complex128 for float64.
-        L: kernel length, > 0.
+        L: kernel length, >= 0 (L = 0 gives an empty (H, 0) kernel that still carries gradients).
         backend: "auto", "reference" or "extension" (see :mod:`lambdaskip.ops._backend`). The extension
             computes dtA and the phases l·Im(dtA) in float64: at the ~1e5 rad phases of S4D-Inv
             (N=64, L=1024, dt=0.1) its float32 error vs the float64 reference is 1.2e-7, the float32
             reference's 9.2e-7 (the rounded phases hit the high-frequency modes, whose C' is small).
     Returns:
         K: (H, L) in log_dt's dtype; differentiable w.r.t. log_dt, A_re, A_im and C.
+    Non-finite input:
+        NaN or ±inf in log_dt[h], or in any mode n of A_re/A_im/C[h, n], makes the whole row K[h, :]
+        NaN, on every backend. (A_re = A_im = 0, a pure integrator, divides by A = 0: NaN too.)
+    Raises:
+        TypeError / ValueError naming the argument that disagrees with the others.
     """
     device = _check_kernel_params(log_dt, A_re, A_im, C)
     L = _check_length(L)
     chosen = choose_backend("s4d_kernel", backend, device, SUPPORTED_BACKENDS, _extension_can_run)
     log_dt, A_re, A_im, C = log_dt.contiguous(), A_re.contiguous(), A_im.contiguous(), C.contiguous()
-    if chosen == "reference":
+    if chosen == "reference" or L == 0:
         return reference.s4d_kernel(log_dt, A_re, A_im, C, L)
     _, C_prime = reference.s4d_discretize(log_dt, A_re, A_im, C)
     return _vandermonde(log_dt, A_re, A_im, torch.view_as_real(C_prime).contiguous(), L)
@@ -87,7 +117,8 @@ def s4d_conv(u: torch.Tensor, K: torch.Tensor, D: torch.Tensor | None = None, *,
     """Causal depthwise convolution ``y[b, h, t] = Σ_{s≤t} K[h, t−s]·u[b, h, s] + D[h]·u[b, h, t]``.
 
     Args:
-        u: (B, H, L) float16/bfloat16/float32/float64.
+        u: (B, H, L) float16/bfloat16/float32/float64; B and L may be 0 (an empty y that still carries
+            gradients to u, K and D), H must be > 0.
         K: (H, L) real float kernel (e.g. from :func:`s4d_kernel`).
         D: optional (H,) real float skip.
         method: "direct" (O(L²) per channel), "fft" (O(L log L), always torch.fft) or "auto" (direct
@@ -95,11 +126,15 @@ def s4d_conv(u: torch.Tensor, K: torch.Tensor, D: torch.Tensor | None = None, *,
         backend: "auto", "reference" or "extension"; selects the implementation of the direct method.
     Returns:
         y: (B, H, L) in u's dtype (float16/bfloat16 computed in float32).
+    Non-finite input:
+        NaN or ±inf in u[b, h, s] or K[h, s] makes NaN the outputs it reaches: y[b, h, t ≥ s] with the
+        direct method (reference and extension alike), all of y[b, h, :] with the FFT, which mixes every
+        position of a channel. NaN in D[h] makes y[:, h, :] NaN.
     """
     check_tensor("u", u, ndim=3, dtypes=FLOAT_DTYPES)
     _, H, L = u.shape
-    if L == 0:
-        raise ValueError(f"u must have sequence length L > 0, got shape {tuple(u.shape)}")
+    if H == 0:
+        raise ValueError(f"u must have H > 0 channels, got shape {tuple(u.shape)}")
     check_tensor("K", K, shape=(H, L), dtypes=FLOAT_DTYPES)
     if D is not None:
         check_tensor("D", D, shape=(H,), dtypes=FLOAT_DTYPES)
@@ -108,6 +143,9 @@ def s4d_conv(u: torch.Tensor, K: torch.Tensor, D: torch.Tensor | None = None, *,
     device = check_same_device(u=u, K=K, D=D)
     u, K = u.contiguous(), K.contiguous()
     D = None if D is None else D.contiguous()
+    if u.numel() == 0:  # B = 0 or L = 0: nothing to convolve (and no FFT of length 0)
+        choose_backend("s4d_conv", backend, device, SUPPORTED_BACKENDS, _extension_can_run)  # still validated
+        return _empty_conv(u, K, D)
     use_fft = method == "fft" or (method == "auto" and L > DIRECT_MAX_LENGTH)
     if use_fft and backend in ("auto", "reference"):  # the FFT path never needs (or builds) the extension
         return reference.s4d_conv_fft(u, K, D)
@@ -119,6 +157,17 @@ def s4d_conv(u: torch.Tensor, K: torch.Tensor, D: torch.Tensor | None = None, *,
     compute = torch.promote_types(torch.promote_types(u.dtype, K.dtype), torch.float32)
     u_c = u.to(compute)
     y = _causal_conv(u_c, K.to(compute))
+    if D is not None:
+        y = y + D.to(compute).unsqueeze(-1) * u_c
+    return y.to(u.dtype)
+
+
+def _empty_conv(u: torch.Tensor, K: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
+    """The zero-size (B, H, L) result of a convolution with B = 0 or L = 0, differentiable (zero
+    gradients for K and D): ``u·ΣK`` has y's shape and reaches every input."""
+    compute = torch.promote_types(torch.promote_types(u.dtype, K.dtype), torch.float32)
+    u_c = u.to(compute)
+    y = u_c * K.to(compute).sum(-1, keepdim=True)
     if D is not None:
         y = y + D.to(compute).unsqueeze(-1) * u_c
     return y.to(u.dtype)

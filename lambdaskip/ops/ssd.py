@@ -1,35 +1,41 @@
-"""The Mamba-2 selective scan (SSD) op, drop-in for mamba_ssm's ``mamba_chunk_scan_combined``.
+"""The Mamba-2 selective scan (SSD) op, a drop-in for mamba_ssm's ``mamba_chunk_scan_combined``.
 
-The reference is :func:`lambdaskip.reference.ssd.ssd_scan_chunked`. The Triton path splits the work:
+The reference is :func:`lambdaskip.reference.ssd.ssd_scan_chunked` (the composition of the step
+references in :mod:`lambdaskip.reference.ssd_steps`). The Triton path splits the work:
 
 - PyTorch (differentiated by autograd, fused by torch.compile): the step chain
   ``dt ← clamp(softplus?(dt + dt_bias))``, the skip ``+ D·x`` and the gate ``· silu(z)``;
-- the custom op ``lambdaskip::ssd_chunk_scan`` (Triton, float32 accumulation): the scan itself,
-  ``y_t = C_t·h_t`` with ``h_t = exp(dt_t·A) h_{t−1} + dt_t x_t ⊗ B_t``, and the final state; its
-  backward, ``lambdaskip::ssd_chunk_scan_backward``, is Triton too and deterministic (no atomics:
-  per-head partial gradients of B and C are summed over each group's heads afterwards).
+- the custom op ``lambdaskip::ssd_scan_core`` (Triton, float32 accumulation, the steps of
+  :mod:`lambdaskip.kernels.ssd`): the scan itself, ``y_t = C_t·h_t`` with
+  ``h_t = exp(dt_t·A) h_{t−1} + dt_t x_t ⊗ B_t`` (reset at packed-sequence boundaries), the final state
+  and the per-sequence final states; its backward, ``lambdaskip::ssd_scan_core_backward``, is Triton
+  too and deterministic (no atomics: per-head partial gradients of B and C are summed over each
+  group's heads afterwards).
 """
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional
 
 import torch
 
 from lambdaskip.ops._backend import choose_backend
 from lambdaskip.ops._checks import check_bool, check_same_device, check_tensor
-from lambdaskip.reference.ssd import prepare_dt, ssd_scan_chunked
+from lambdaskip.reference.ssd import prepare_dt, seq_idx_from_cu_seqlens, ssd_scan_chunked
 
 SUPPORTED_BACKENDS = ("reference", "triton")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TRITON_MAX_DIM = 128  # the backward kernels hold headdim × dstate whole in one float32 tile
+INDEX_DTYPES = (torch.int32, torch.int64)
+_warned_shapes: set[tuple[int, int]] = set()
 
 
 def _check_chunk_size(chunk_size) -> int:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
         raise TypeError(f"chunk_size must be an int, got {type(chunk_size).__name__}")
-    if chunk_size < 16 or chunk_size & (chunk_size - 1):
-        raise ValueError(f"chunk_size must be a power of two >= 16, got {chunk_size}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     return chunk_size
 
 
@@ -44,9 +50,50 @@ def _check_dt_limit(dt_limit) -> tuple[float, float]:
     return low, high
 
 
-def ssd_scan(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
-             dt_limit=(0.0, float("inf")), initial_states=None, return_final_states=False, *, backend="auto"):
-    """Mamba-2 selective scan (SSD) with mamba_ssm's ``mamba_chunk_scan_combined`` arguments.
+def _check_no_float64_mix(**tensors) -> None:
+    """float64 runs only with float64: mixing it with 16/32-bit inputs is refused (half with float32 is fine)."""
+    given = {name: t.dtype for name, t in tensors.items() if t is not None}
+    wide = [name for name, dtype in given.items() if dtype == torch.float64]
+    narrow = [name for name, dtype in given.items() if dtype != torch.float64]
+    if wide and narrow:
+        raise TypeError(f"{narrow[0]} is {given[narrow[0]]} but {wide[0]} is float64: pass every float input "
+                        f"in float64, or none")
+
+
+def _check_index(name: str, t, ndim: int) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in INDEX_DTYPES:
+        raise TypeError(f"{name} must be an int32 or int64 tensor, got {t.dtype}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension{'s' if ndim > 1 else ''}, got shape {tuple(t.shape)}")
+
+
+def _check_values(A, seq_idx, cu_seqlens, seqlen: int) -> None:
+    """The checks that read tensor values, gathered into one device synchronisation (skipped while compiling)."""
+    if torch.compiler.is_compiling():
+        return
+    flags = {"A must be < 0 (a decaying state, as Mamba-2's A = -exp(A_log))": ~(A < 0).all()}
+    if seq_idx is not None:
+        flags["seq_idx must be non-decreasing along seqlen (one packed sequence after another)"] = \
+            (seq_idx[:, 1:] < seq_idx[:, :-1]).any()
+    if cu_seqlens is not None:
+        flags[f"cu_seqlens must start at 0, end at seqlen = {seqlen} and strictly increase"] = \
+            (cu_seqlens[0] != 0) | (cu_seqlens[-1] != seqlen) | (cu_seqlens[1:] <= cu_seqlens[:-1]).any()
+    failed = [message for message, bad in zip(flags, torch.stack(list(flags.values())).tolist()) if bad]
+    if failed:
+        raise ValueError(failed[0] + (f", got A = {A.tolist()}" if failed[0].startswith("A ") else ""))
+    if seq_idx is not None and cu_seqlens is not None:
+        implied = seq_idx_from_cu_seqlens(cu_seqlens, seqlen)
+        if not torch.equal((seq_idx - seq_idx[:, :1]).to(torch.int32), implied):
+            raise ValueError("seq_idx and cu_seqlens disagree: seq_idx must change exactly at the offsets in "
+                             "cu_seqlens")
+
+
+def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None, seq_idx=None,
+             cu_seqlens=None, dt_softplus=False, dt_limit=(0.0, float("inf")), return_final_states=False,
+             return_varlen_states=False, *, backend="auto"):
+    """Mamba-2 selective scan (SSD) with ``mamba_chunk_scan_combined``'s arguments, order and returns.
 
     Per batch element and head, with ``dt ← clamp(softplus?(dt + dt_bias), *dt_limit)``::
 
@@ -55,23 +102,34 @@ def ssd_scan(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_sof
     Args:
         x: (batch, seqlen, nheads, headdim), float16/bfloat16/float32/float64.
         dt: (batch, seqlen, nheads) steps before ``dt_bias`` / softplus / clamp.
-        A: (nheads,) decay rates (the scan is stable for A ≤ 0, as in Mamba-2's ``-exp(A_log)``).
+        A: (nheads,) decay rates, all < 0 (Mamba-2's ``-exp(A_log)``).
         B, C: (batch, seqlen, ngroups, dstate); nheads divisible by ngroups, head i uses group
             i // (nheads // ngroups).
-        chunk_size: power of two ≥ 16; any seqlen works (the last chunk may be partial).
+        chunk_size: any int >= 1 (mamba_ssm uses 256 or 64); any seqlen works (the last chunk may be
+            partial). Only speed depends on it.
         D: optional (nheads,) or (nheads, headdim) skip weight.
         z: optional (batch, seqlen, nheads, headdim) gate: the output is multiplied by silu(z).
         dt_bias: optional (nheads,) added to dt.
+        initial_states: optional (batch, nheads, headdim, dstate) state before the first token (of the
+            row's first sequence, when packed).
+        seq_idx: optional (batch, seqlen) int32/int64, non-decreasing: packed sequences; the state is reset
+            wherever it changes. Defaults to the one ``cu_seqlens`` implies.
+        cu_seqlens: optional (num_seqs + 1,) int32/int64 offsets of packed sequences (batch must be 1):
+            0, len_0, len_0 + len_1, …, seqlen.
         dt_softplus: apply softplus to dt (after the bias).
         dt_limit: (low, high) clamp of dt, skipped at the default (0, inf).
-        initial_states: optional (batch, nheads, headdim, dstate) state before the first token.
         return_final_states: also return the state after the last token.
-        backend: "auto" (Triton on CUDA, else the reference), "reference" or "triton" (on CPU only
-            under TRITON_INTERPRET=1). Triton takes float16/bfloat16/float32 and headdim, dstate ≤ 128;
-            it accumulates in float32. "auto" uses the reference for float64 input.
+        return_varlen_states: also return each packed sequence's final state (needs ``cu_seqlens``);
+            like mamba_ssm's, these carry no gradient on the Triton backend.
+        backend: keyword only. "auto" (Triton on CUDA, else the reference), "reference" or "triton" (on CPU
+            only under TRITON_INTERPRET=1). Triton takes float16/bfloat16/float32 and headdim,
+            dstate <= 128 and accumulates in float32; "auto" uses the reference for float64 input, and,
+            with a warning naming the shape, for larger heads or states.
     Returns:
-        ``y`` (batch, seqlen, nheads, headdim) in x's dtype, or ``(y, final_states)`` with final states
-        (batch, nheads, headdim, dstate) in x's dtype.
+        ``y`` (batch, seqlen, nheads, headdim) in x's dtype; with ``return_final_states`` and/or
+        ``return_varlen_states`` a tuple ``(y, final_states, varlen_states)`` holding those asked for, in
+        that order: final states (batch, nheads, headdim, dstate) and varlen states (num_seqs, nheads,
+        headdim, dstate), float32 (float64 for float64 input) as mamba_ssm returns them.
     Raises:
         TypeError / ValueError naming the offending argument; RuntimeError when a forced backend cannot
         run here.
@@ -99,26 +157,49 @@ def ssd_scan(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_sof
         check_tensor("z", z, shape=(b, l, h, p))
     if dt_bias is not None:
         check_tensor("dt_bias", dt_bias, shape=(h,))
-    check_bool("dt_softplus", dt_softplus)
-    dt_limit = _check_dt_limit(dt_limit)
     if initial_states is not None:
         check_tensor("initial_states", initial_states, shape=(b, h, p, n))
+    if seq_idx is not None:
+        _check_index("seq_idx", seq_idx, 2)
+        if tuple(seq_idx.shape) != (b, l):
+            raise ValueError(f"seq_idx must have shape (batch, seqlen) = ({b}, {l}), got {tuple(seq_idx.shape)}")
+    if cu_seqlens is not None:
+        _check_index("cu_seqlens", cu_seqlens, 1)
+        if cu_seqlens.numel() < 2:
+            raise ValueError(f"cu_seqlens must hold at least 2 offsets, got shape {tuple(cu_seqlens.shape)}")
+        if b != 1:
+            raise ValueError(f"cu_seqlens needs batch 1 (sequences packed into one row), got batch {b}")
+    check_bool("dt_softplus", dt_softplus)
+    dt_limit = _check_dt_limit(dt_limit)
     check_bool("return_final_states", return_final_states)
+    check_bool("return_varlen_states", return_varlen_states)
+    if return_varlen_states and cu_seqlens is None:
+        raise ValueError("return_varlen_states=True needs cu_seqlens")
+    _check_no_float64_mix(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
     device = check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
-                               initial_states=initial_states)
+                               initial_states=initial_states, seq_idx=seq_idx, cu_seqlens=cu_seqlens)
+    _check_values(A, seq_idx, cu_seqlens, l)
+    if seq_idx is None and cu_seqlens is not None:
+        seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, l)
 
-    if backend == "auto" and _triton_limit_broken(x.dtype, p, n) is not None:
-        backend = "reference"  # float64, or sizes the kernels do not tile
     chosen = choose_backend("ssd_scan", backend, device, SUPPORTED_BACKENDS)
-    args = (x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states)
+    if chosen == "triton" and backend == "auto" and _triton_limit_broken(x.dtype, p, n) is not None:
+        if x.dtype != torch.float64 and (p, n) not in _warned_shapes:
+            _warned_shapes.add((p, n))
+            warnings.warn(f"ssd_scan: headdim={p}, dstate={n} exceeds the Triton kernels' limit "
+                          f"({TRITON_MAX_DIM}); backend='auto' runs the PyTorch reference", stacklevel=2)
+        chosen = "reference"
+    args = (x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus, dt_limit)
     if chosen == "reference":
-        y, final = ssd_scan_chunked(*args, return_final_states=True)
+        y, final, *varlen = ssd_scan_chunked(*args, return_final_states=True,
+                                             return_varlen_states=return_varlen_states)
     else:
         broken = _triton_limit_broken(x.dtype, p, n)
         if broken is not None:
             raise broken
-        y, final = _ssd_scan_triton(*args)
-    return (y, final) if return_final_states else y
+        y, final, *varlen = _ssd_scan_triton(*args, return_varlen_states)
+    out = (y,) + ((final,) if return_final_states else ()) + tuple(varlen)
+    return out[0] if len(out) == 1 else out
 
 
 def _triton_limit_broken(dtype: torch.dtype, headdim: int, dstate: int):
@@ -132,51 +213,59 @@ def _triton_limit_broken(dtype: torch.dtype, headdim: int, dstate: int):
     return None
 
 
-def _ssd_scan_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states):
+def _ssd_scan_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus,
+                     dt_limit, return_varlen_states):
     """The step chain, skip and gate in PyTorch around the Triton scan op (see the module docstring)."""
     dt_eff = prepare_dt(dt.float(), None if dt_bias is None else dt_bias.float(), dt_softplus, dt_limit)
-    B, C = (t if t.dtype in TRITON_DTYPES else t.float() for t in (B, C))  # float64 B/C with 16/32-bit x
-    y, final = torch.ops.lambdaskip.ssd_chunk_scan(
+    y, final, varlen = torch.ops.lambdaskip.ssd_scan_core(
         x.contiguous(), dt_eff.contiguous(), A.float().contiguous(), B.contiguous(), C.contiguous(), chunk_size,
-        None if initial_states is None else initial_states.contiguous())
+        None if initial_states is None else initial_states.contiguous(),
+        None if seq_idx is None else seq_idx.to(torch.int32).contiguous(),
+        cu_seqlens.to(torch.int32).contiguous() if return_varlen_states else None)
     if D is not None:
         y = y + x.float() * (D.float()[:, None] if D.dim() == 1 else D.float())
     if z is not None:
         y = y * torch.nn.functional.silu(z.float())
-    return y.to(x.dtype), final.to(x.dtype)
+    return (y.to(x.dtype), final) + ((varlen.detach(),) if return_varlen_states else ())
 
 
-@torch.library.custom_op("lambdaskip::ssd_chunk_scan", mutates_args=())
-def ssd_chunk_scan(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                   chunk_size: int, initial_states: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The bare scan in Triton: ``y`` (b, l, h, p) and the final state (b, h, p, n), both float32.
+@torch.library.custom_op("lambdaskip::ssd_scan_core", mutates_args=())
+def ssd_scan_core(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                  chunk_size: int, initial_states: Optional[torch.Tensor], seq_idx: Optional[torch.Tensor],
+                  cu_seqlens: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The bare scan in Triton: ``y`` (b, l, h, p), the final state (b, h, p, n) and, with ``cu_seqlens``, each
+    sequence's final state (num_seqs, h, p, n) (else a (0, h, p, n) tensor); all float32.
 
-    ``dt`` (b, l, h) float32 is the effective step, ``A`` (h,) float32; inputs contiguous.
+    ``dt`` (b, l, h) float32 is the effective step, ``A`` (h,) float32; ``seq_idx`` (b, l) and ``cu_seqlens``
+    int32; inputs contiguous.
     """
     from lambdaskip.kernels.ssd import ssd_forward
-    return ssd_forward(x, dt, A, B, C, chunk_size, initial_states)
+    return ssd_forward(x, dt, A, B, C, chunk_size, initial_states, seq_idx, cu_seqlens)
 
 
-@ssd_chunk_scan.register_fake
-def _(x, dt, A, B, C, chunk_size, initial_states):
+@ssd_scan_core.register_fake
+def _(x, dt, A, B, C, chunk_size, initial_states, seq_idx, cu_seqlens):
     b, l, h, p = x.shape
-    return x.new_empty((b, l, h, p), dtype=torch.float32), x.new_empty((b, h, p, B.shape[-1]), dtype=torch.float32)
+    n = B.shape[-1]
+    nseqs = 0 if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    return (x.new_empty((b, l, h, p), dtype=torch.float32), x.new_empty((b, h, p, n), dtype=torch.float32),
+            x.new_empty((nseqs, h, p, n), dtype=torch.float32))
 
 
-@torch.library.custom_op("lambdaskip::ssd_chunk_scan_backward", mutates_args=())
-def ssd_chunk_scan_backward(dy: torch.Tensor, dfinal: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
-                            A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int,
-                            initial_states: Optional[torch.Tensor]
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                       torch.Tensor]:
-    """Gradients of :func:`ssd_chunk_scan`: (dx, ddt, dA, dB, dC, dinitial_states), each in its input's dtype
-    (dinitial_states float32 and zero-sized along batch when there is no initial state)."""
+@torch.library.custom_op("lambdaskip::ssd_scan_core_backward", mutates_args=())
+def ssd_scan_core_backward(dy: torch.Tensor, dfinal: torch.Tensor, x: torch.Tensor, dt: torch.Tensor,
+                           A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk_size: int,
+                           initial_states: Optional[torch.Tensor], seq_idx: Optional[torch.Tensor]
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                      torch.Tensor]:
+    """Gradients of :func:`ssd_scan_core`'s y and final state: (dx, ddt, dA, dB, dC, dinitial_states), each in
+    its input's dtype (dinitial_states float32 and zero-sized along batch when there is no initial state)."""
     from lambdaskip.kernels.ssd import ssd_backward
-    return ssd_backward(dy, dfinal, x, dt, A, B, C, chunk_size, initial_states)
+    return ssd_backward(dy, dfinal, x, dt, A, B, C, chunk_size, initial_states, seq_idx)
 
 
-@ssd_chunk_scan_backward.register_fake
-def _(dy, dfinal, x, dt, A, B, C, chunk_size, initial_states):
+@ssd_scan_core_backward.register_fake
+def _(dy, dfinal, x, dt, A, B, C, chunk_size, initial_states, seq_idx):
     b, h, p, n = dfinal.shape
     dh0 = (initial_states.new_empty(initial_states.shape) if initial_states is not None
            else x.new_empty((0, h, p, n), dtype=torch.float32))
@@ -185,20 +274,20 @@ def _(dy, dfinal, x, dt, A, B, C, chunk_size, initial_states):
 
 
 def _setup_context(ctx, inputs, output):
-    x, dt, A, B, C, chunk_size, initial_states = inputs
-    ctx.save_for_backward(x, dt, A, B, C, initial_states)
+    x, dt, A, B, C, chunk_size, initial_states, seq_idx, cu_seqlens = inputs
+    ctx.save_for_backward(x, dt, A, B, C, initial_states, seq_idx)
     ctx.chunk_size = chunk_size
 
 
-def _backward(ctx, dy, dfinal):
-    x, dt, A, B, C, initial_states = ctx.saved_tensors
+def _backward(ctx, dy, dfinal, _dvarlen):
+    x, dt, A, B, C, initial_states, seq_idx = ctx.saved_tensors
     b, l, h, p = x.shape
     dy = torch.zeros_like(x, dtype=torch.float32) if dy is None else dy.contiguous()
     dfinal = (x.new_zeros((b, h, p, B.shape[-1]), dtype=torch.float32) if dfinal is None
               else dfinal.contiguous())
-    dx, ddt, dA, dB, dC, dh0 = torch.ops.lambdaskip.ssd_chunk_scan_backward(
-        dy, dfinal, x, dt, A, B, C, ctx.chunk_size, initial_states)
-    return dx, ddt, dA, dB, dC, None, (dh0 if initial_states is not None else None)
+    dx, ddt, dA, dB, dC, dh0 = torch.ops.lambdaskip.ssd_scan_core_backward(
+        dy, dfinal, x, dt, A, B, C, ctx.chunk_size, initial_states, seq_idx)
+    return dx, ddt, dA, dB, dC, None, (dh0 if initial_states is not None else None), None, None
 
 
-ssd_chunk_scan.register_autograd(_backward, setup_context=_setup_context)
+ssd_scan_core.register_autograd(_backward, setup_context=_setup_context)

@@ -137,13 +137,30 @@ def s4d_conv_fft(u: torch.Tensor, K: torch.Tensor, D: torch.Tensor | None = None
 def s4d_conv_direct(u: torch.Tensor, K: torch.Tensor, D: torch.Tensor | None = None) -> torch.Tensor:
     """Causal convolution computed directly (O(B·H·L²)) as a depthwise conv1d with left padding.
 
-    Same arguments and result as :func:`s4d_conv_fft`.
+    Same arguments and result as :func:`s4d_conv_fft`. A non-finite K[h, j] reaches y[..., h, t ≥ j]
+    only, as the formula says (outside torch.compile; see :func:`_exact_non_finite_taps`).
     """
     L = u.shape[-1]
     compute = torch.promote_types(torch.promote_types(u.dtype, K.dtype), torch.float32)
-    weight = K.to(compute).flip(-1).unsqueeze(1)                         # (H, 1, L), cross-correlation
-    y = F.conv1d(F.pad(u.to(compute), (L - 1, 0)), weight, groups=u.shape[1])
-    return _with_skip(y, u.to(compute), None if D is None else D.to(compute)).to(u.dtype)
+    u_c, K_c = u.to(compute), K.to(compute)
+    y = F.conv1d(F.pad(u_c, (L - 1, 0)), K_c.flip(-1).unsqueeze(1), groups=u.shape[1])  # cross-correlation
+    if not torch.compiler.is_compiling():
+        y = _exact_non_finite_taps(y, u_c, K_c)
+    return _with_skip(y, u_c, None if D is None else D.to(compute)).to(u.dtype)
+
+
+def _exact_non_finite_taps(y: torch.Tensor, u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """conv1d also multiplies each tap K[h, j] by the zero padding, so a NaN tap (0·NaN) reaches
+    y[..., h, t < j] as well. Where K has non-finite taps, recompute y from the finite taps plus the
+    non-finite ones at the positions the formula puts them. Reads K's values (one host sync)."""
+    bad = ~torch.isfinite(K)
+    if not bad.any():
+        return y
+    L = u.shape[-1]
+    y = F.conv1d(F.pad(u, (L - 1, 0)), K.masked_fill(bad, 0).flip(-1).unsqueeze(1), groups=u.shape[1])
+    for h, j in bad.nonzero().tolist():
+        y[:, h, j:] = y[:, h, j:] + K[h, j] * u[:, h, :L - j]
+    return y
 
 
 def s4d_recurrence(u: torch.Tensor, log_dt: torch.Tensor, A_re: torch.Tensor, A_im: torch.Tensor,

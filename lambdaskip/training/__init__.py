@@ -8,9 +8,10 @@
 Library use: ``train(TrainConfig(task="mqar", arch="mamba2", out="runs/m"))``; functions take config
 objects, never command-line arguments.
 """
-from lambdaskip.training.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from lambdaskip.training.checkpoint import CHECKPOINT, CorruptCheckpoint, load_checkpoint, save_checkpoint
 from lambdaskip.training.config import TASKS, TrainConfig
 from lambdaskip.training.data import load_data
+from lambdaskip.training.finite import TrainingDiverged
 from lambdaskip.training.loop import METRICS_CSV, METRICS_JSON, SUMMARY, TrainingMu, evaluate, probe_mu, train
 from lambdaskip.training.model import SequenceModel, build_model
 from lambdaskip.training.optim import WarmupCosine, build_optimizer, epoch_order
@@ -19,5 +20,5 @@ from lambdaskip.training.sweep import SweepConfig, run_sweep
 __all__ = [
     "CHECKPOINT", "METRICS_CSV", "METRICS_JSON", "SUMMARY", "TASKS", "SequenceModel", "SweepConfig", "TrainConfig",
     "TrainingMu", "WarmupCosine", "build_model", "build_optimizer", "epoch_order", "evaluate", "load_checkpoint",
-    "load_data", "probe_mu", "run_sweep", "save_checkpoint", "train",
+    "load_data", "probe_mu", "run_sweep", "save_checkpoint", "train", "CorruptCheckpoint", "TrainingDiverged",
 ]

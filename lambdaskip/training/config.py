@@ -5,7 +5,7 @@ import math
 from dataclasses import InitVar, dataclass
 from pathlib import Path
 
-from lambdaskip.common import renamed_argument
+from lambdaskip.common import NORMS, renamed_argument
 from lambdaskip.modules import ARCHS
 from lambdaskip.training.data.mqar import MQARConfig
 
@@ -94,6 +94,8 @@ class TrainConfig:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.norm is not None and self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)} or none, got {self.norm!r}")
         positive = ("depth", "d_model", "nheads", "d_state", "headdim", "epochs", "batch_size", "eval_batch_size",
                     "probe_batch")
         for name in positive:

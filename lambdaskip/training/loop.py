@@ -8,6 +8,13 @@ One run = one :class:`TrainConfig` and one output folder holding
   normalised μ after every layer on a fixed evaluation batch), the config and library versions.
 - ``summary.json``: written when the run ends (all epochs done, or the target accuracy reached).
 
+The folder is the run's resume point, so "all or nothing" means: it appears (renamed from a temporary
+sibling) only once it holds a first verified checkpoint, every file in it is then replaced atomically, and
+``summary.json`` (the finished mark) is written last. One run at a time holds it (:func:`output_lock`).
+A non-finite loss (checked every step), parameter or λ (every epoch, and after loading a checkpoint) stops
+the run with :class:`~lambdaskip.training.finite.TrainingDiverged`: the last good checkpoint stays and the
+run is not marked finished.
+
 Exact resume: the data order of epoch e comes from a generator seeded with (seed, e) alone, so a run
 restarted from its checkpoint after epoch e replays the same batches, optimizer and schedule state and
 ends with the same weights as an uninterrupted run.
@@ -26,6 +33,7 @@ import contextlib
 import csv
 import io
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -34,12 +42,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from lambdaskip.common import atomic_write, versions
+from lambdaskip.common import atomic_write, output_lock, staged_folder, versions
 from lambdaskip.metrics import CollapseProbe
 from lambdaskip.training.checkpoint import CHECKPOINT, check_resumable, load_checkpoint, save_checkpoint
 from lambdaskip.training.config import TrainConfig
 from lambdaskip.training.data import IGNORE_INDEX, load_data
 from lambdaskip.training.distributed import Placement, all_gather_rows, all_sum, setup_placement
+from lambdaskip.training.finite import check_loss, check_model, check_row
 from lambdaskip.training.model import SequenceModel, build_model
 from lambdaskip.training.optim import WarmupCosine, build_optimizer, epoch_order
 
@@ -147,6 +156,11 @@ def train(config: TrainConfig, *, resume: bool = True, stop_after: int | None = 
     if config.threads:
         torch.set_num_threads(config.threads)
     placement = setup_placement(config)
+    with output_lock(config.out) if placement.main else contextlib.nullcontext():
+        return _train(config, placement, resume, stop_after)
+
+
+def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: int | None) -> dict:
     out = Path(config.out)
     checkpoint_path = out / CHECKPOINT
     checkpoint = None
@@ -155,8 +169,6 @@ def train(config: TrainConfig, *, resume: bool = True, stop_after: int | None = 
             raise ValueError(f"{checkpoint_path} exists: resume it, or choose another --out")
         checkpoint = load_checkpoint(checkpoint_path)
         check_resumable(checkpoint["config"], config)
-    if placement.main:
-        out.mkdir(parents=True, exist_ok=True)
 
     data, facts = load_data(config)
     model = build_model(config, facts).to(placement.device)
@@ -177,6 +189,9 @@ def train(config: TrainConfig, *, resume: bool = True, stop_after: int | None = 
         if placement.device.type == "cuda" and checkpoint["rng"]["cuda"].numel():
             torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], placement.device)
         history, start_epoch, finished = checkpoint["history"], checkpoint["epoch"], checkpoint["finished"]
+        check_model(model, f"in the checkpoint {checkpoint_path}")
+        if placement.main and not finished:
+            print(f"resuming from epoch {start_epoch} ({checkpoint_path})", file=sys.stderr, flush=True)
     wrapped = model
     if placement.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(
@@ -211,10 +226,12 @@ def train(config: TrainConfig, *, resume: bool = True, stop_after: int | None = 
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.item()
+            value = loss.item()  # the loop's one synchronisation per step, where it always was; the check reuses it
+            check_loss(value, epoch + 1, step + 1)  # a bad step is never saved: the last checkpoint stays good
+            loss_sum += value
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+                bar.set_postfix(loss=f"{value:.3f}", refresh=False)
         if bar is not None:
             bar.close()
         train_loss = all_sum([loss_sum / steps_per_epoch], placement)[0] / placement.world
@@ -227,13 +244,16 @@ def train(config: TrainConfig, *, resume: bool = True, stop_after: int | None = 
         row.update(model.lams())
         row.update({f"mu{k}": v for k, v in enumerate(probe_mu(model, data["eval"], config, placement))})
         row.update(training_mu.epoch_row())
+        check_row(row, f"after epoch {epoch + 1}")
+        check_model(model, f"after epoch {epoch + 1}")
         history.append(row)
         epochs_run += 1
         finished = (epoch + 1 == config.epochs) or (config.target_acc is not None and eval_acc >= config.target_acc)
         if placement.main:
-            save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch + 1, history, config, finished,
-                            placement.device)
-            _write_metrics(out, history, meta)
+            with contextlib.nullcontext(str(out)) if out.is_dir() else staged_folder(out) as folder:
+                save_checkpoint(Path(folder) / CHECKPOINT, model, optimizer, scheduler, epoch + 1, history, config,
+                                finished, placement.device)
+                _write_metrics(Path(folder), history, meta)
             if config.progress:
                 print(_describe(row), flush=True)
         if placement.world > 1:

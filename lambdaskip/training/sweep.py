@@ -18,7 +18,9 @@ import csv
 import dataclasses
 import io
 import json
+import os
 import statistics
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,6 +47,7 @@ class SweepConfig:
     learnable_inits: list[float] = field(default_factory=lambda: [-1.0, 1.0])
     lrs: list[float] | None = field(default_factory=lambda: list(PAPER_LRS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    log_mu: bool = False  # mu_over_training.png on a log y axis
 
 
 def run_name(arch: str, lam: float, learnable: bool, lr: float, seed: int) -> str:
@@ -66,6 +69,7 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig) -> list[dict]:
     out = Path(sweep.out)
     base = dataclasses.replace(base, out=sweep.out)
     rows, histories, rank, source = [], {}, 0, ""
+    total, done = len(archs) * len(settings) * len(lrs) * len(sweep.seeds), 0
     for arch in archs:
         for lam, learnable in settings:
             for lr in lrs:
@@ -74,6 +78,9 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig) -> list[dict]:
                     config = dataclasses.replace(base, arch=arch, lam=lam, learnable=learnable, lr=lr, seed=seed,
                                                  out=str(out / "runs" / name))
                     config.validate()
+                    done += 1
+                    if _is_main():
+                        print(f"run {done}/{total}: {name}", file=sys.stderr, flush=True)
                     summary = train(config)
                     rank = summary["rank"]
                     final = summary["final"]
@@ -94,7 +101,9 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig) -> list[dict]:
                   "varied_per_run": ["arch", "lam", "learnable", "lr", "seed", "out"],
                   "data_source": source, "versions": versions()}
         atomic_write(out / "sweep.json", json.dumps(record, indent=1).encode())
-        plot_sweep(out, rows, histories)
+        plot_sweep(out, rows, histories, log_mu=sweep.log_mu)
+        print(f"wrote {out}/results.csv, results.md, sweep.json, accuracy_vs_lambda.png, mu_over_training.png",
+              flush=True)
     return rows
 
 
@@ -114,6 +123,10 @@ def _time_to_learn(runs: list[dict]) -> str:
         return f"never (0/{len(runs)})"
     text = f"{statistics.fmean(epochs):.1f}" + (f" ± {statistics.stdev(epochs):.1f}" if len(epochs) > 1 else "")
     return f"{text} ({len(epochs)}/{len(runs)})"
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
@@ -160,18 +173,19 @@ def summary_table(rows: list[dict], source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_sweep(out: Path, rows: list[dict], histories: dict[str, list[dict]]) -> None:
-    """accuracy_vs_lambda.png and mu_over_training.png (needs matplotlib)."""
+def plot_sweep(out: Path, rows: list[dict], histories: dict[str, list[dict]], log_mu: bool = False) -> None:
+    """accuracy_vs_lambda.png and mu_over_training.png (needs matplotlib); ``log_mu``: μ on a log axis."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     best = _best_lr_groups(rows)
     archs = list(dict.fromkeys(row["arch"] for row in rows))
     fig, ax = plt.subplots(figsize=(6, 4))
     for index, arch in enumerate(archs):
         color = f"C{index}"
-        for learnable, style in ((False, "o-"), (True, "s--")):
+        for learnable, style in ((False, "o-"), (True, "s")):  # learnable runs are separate points: no line
             keys = sorted(k for k in best if k[0] == arch and k[2] == learnable)
             if not keys:
                 continue
@@ -183,28 +197,42 @@ def plot_sweep(out: Path, rows: list[dict], histories: dict[str, list[dict]]) ->
     ax.set_xlabel("λ")
     ax.set_ylabel("eval accuracy at the last epoch (%)\n(MQAR: test set; images: validation)", fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)  # below the axes
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_lambda.png", dpi=120)
+    fig.savefig(out / "accuracy_vs_lambda.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
 
     keys = sorted(best, key=lambda k: (k[0], k[2], k[1]))
-    fig, axes = plt.subplots(len(archs), len({(k[1], k[2]) for k in keys}), squeeze=False,
-                             figsize=(2.6 * len({(k[1], k[2]) for k in keys}), 2.4 * len(archs)), sharey=True)
+    per_arch = max(sum(1 for k in keys if k[0] == arch) for arch in archs)
+    columns = min(4, per_arch)  # wrap the settings of an arch into rows of at most 4 panels
+    lines = -(-per_arch // columns)
+    fig, axes = plt.subplots(len(archs) * lines, columns, squeeze=False,
+                             figsize=(3.0 * columns, 2.6 * len(archs) * lines), sharey=True)
+    for ax in axes.flat:
+        ax.set_visible(False)
     for key in keys:
-        row, col = archs.index(key[0]), [k for k in keys if k[0] == key[0]].index(key)
-        ax = axes[row][col]
+        index = [k for k in keys if k[0] == key[0]].index(key)
+        ax = axes[archs.index(key[0]) * lines + index // columns][index % columns]
+        ax.set_visible(True)
         first = best[key][0]
         history = histories[run_name(key[0], key[1], key[2], first["lr"], first["seed"])]
         layers = sorted((k for k in history[0] if k.startswith("mu")), key=lambda k: int(k[2:]))
         epochs = [r["epoch"] for r in history]
         for layer in layers:
             ax.plot(epochs, [r[layer] for r in history], label=f"layer {layer[2:]}")
-        ax.set_title(f"{key[0]} {'learn ' if key[2] else ''}λ={key[1]:+g}", fontsize=8)
-        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{key[0]} {'learnable from ' if key[2] else ''}λ={key[1]:+g}", fontsize=8)
+        if log_mu:
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(0, 1.05)
         ax.set_xlabel("epoch", fontsize=8)
-    axes[0][0].set_ylabel("μ/‖Y‖_F")
-    axes[0][0].legend(fontsize=6)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for row in axes:
+        row[0].set_ylabel("μ/‖Y‖_F")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, [label.replace("layer 0", "layer 0 (input)") for label in labels], fontsize=7,
+               loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(out / "mu_over_training.png", dpi=110)
+    fig.savefig(out / "mu_over_training.png", dpi=110, bbox_inches="tight")
     plt.close(fig)

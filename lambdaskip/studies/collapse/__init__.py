@@ -14,7 +14,7 @@ from lambdaskip.studies.collapse.config import (DEFAULT_LAMS, INPUTS, PRESETS, R
                                                 Variant, mixer_kwargs, variants)
 from lambdaskip.studies.collapse.hf import format_hf_table, run_hf_study
 from lambdaskip.studies.collapse.outputs import (RESULT_FILES, check_out_dir, csv_bytes, depth_csv_bytes, format_table,
-                                                 prepare_out_dir, write_outputs)
+                                                 write_folder, write_outputs)
 from lambdaskip.studies.collapse.run import first_layer_below, make_inputs, run_one, run_study, run_sweep, summarize
 from lambdaskip.studies.collapse.text import TextInputError
 from lambdaskip.studies.collapse.verdict import verdict
@@ -22,6 +22,6 @@ from lambdaskip.studies.collapse.verdict import verdict
 __all__ = [
     "DEFAULT_LAMS", "INPUTS", "PRESETS", "RECORDED", "RESULT_FILES", "StudyConfig", "StudyError", "TextInputError",
     "Variant", "check_out_dir", "csv_bytes", "depth_csv_bytes", "first_layer_below", "format_hf_table", "format_table",
-    "make_inputs", "mixer_kwargs", "prepare_out_dir", "run_hf_study", "run_one", "run_study", "run_sweep", "summarize",
-    "variants", "verdict", "write_outputs",
+    "make_inputs", "mixer_kwargs", "run_hf_study", "run_one", "run_study", "run_sweep", "summarize",
+    "variants", "verdict", "write_folder", "write_outputs",
 ]

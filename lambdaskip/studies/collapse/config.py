@@ -31,7 +31,7 @@ PRESETS = {
     # narrower and shorter than the default so that the whole sweep runs in one pass per stack in under
     # two minutes on 2 CPU cores.
     "deep": {"archs": ["attention", "mamba2", "s4d"], "depth": 1024, "d_model": 32, "seqlen": 64, "excerpts": 4,
-             "lams": [-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 10.0], "threads": 2},
+             "lams": [-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 10.0]},
 }
 
 

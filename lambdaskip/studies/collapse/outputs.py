@@ -1,8 +1,10 @@
 """What a collapse study writes: results.csv, depth_of_collapse.csv, three PNG plots and, last, results.json; and
 the terminal table.
 
-Every file is written atomically (:func:`lambdaskip.common.atomic_write`); results.json marks a finished
-run, which is never overwritten without ``overwrite``.
+The files are written into a temporary sibling folder that then replaces ``out`` in one rename
+(:func:`lambdaskip.common.staged_folder`): ``out`` holds a whole run, the old one or the new one, never a
+mix. results.json marks a finished run, which is never replaced without ``overwrite``; a folder holding
+files the study does not write is never replaced.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import io
 import json
 import os
 
-from lambdaskip.common import atomic_write
+from lambdaskip.common import atomic_write, staged_folder
 from lambdaskip.studies.collapse import plots
 from lambdaskip.studies.collapse.config import StudyError
 
@@ -20,19 +22,25 @@ RESULT_FILES = ("results.json", "results.csv", "depth_of_collapse.csv", "mu_per_
 
 
 def check_out_dir(out: str, overwrite: bool) -> None:
-    """Refuse (StudyError) when ``out`` already holds a finished run and not ``overwrite``."""
+    """Refuse (StudyError) when ``out`` already holds a finished run and not ``overwrite``, or holds files
+    a study does not write (they would be lost when the new run replaces the folder)."""
     if os.path.exists(os.path.join(out, "results.json")) and not overwrite:
         raise StudyError(f"{out} already holds a finished run (results.json); pass --overwrite or choose "
                          f"another --out")
+    if os.path.isdir(out):
+        foreign = sorted(set(os.listdir(out)) - set(RESULT_FILES))
+        if foreign:
+            raise StudyError(f"--out {out} holds files a collapse study does not write ({', '.join(foreign[:3])}"
+                             f"{', ...' if len(foreign) > 3 else ''}); choose another --out")
 
 
-def prepare_out_dir(out: str, overwrite: bool) -> None:
-    """:func:`check_out_dir`, then create ``out``."""
-    check_out_dir(out, overwrite)
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as err:
-        raise StudyError(f"cannot create output directory {out!r}: {err.strerror}") from err
+def write_folder(out: str, files: dict[str, bytes]) -> list[str]:
+    """Write ``files`` (name -> bytes, results.json last) into a new folder that replaces ``out`` whole;
+    returns the paths written."""
+    with staged_folder(out) as folder:
+        for name, data in files.items():
+            atomic_write(os.path.join(folder, name), data)
+    return [os.path.join(out, name) for name in files]
 
 
 def csv_bytes(results: dict) -> bytes:
@@ -62,29 +70,16 @@ def depth_csv_bytes(results: dict) -> bytes:
 
 
 def write_outputs(results: dict, out: str, overwrite: bool = False) -> list[str]:
-    """Write results.csv, the PNG plots (when matplotlib is installed) and, last, results.json.
-
-    Returns the paths written. Each file is written atomically; results.json marks a finished run.
-    """
-    prepare_out_dir(out, overwrite)
-    written = []
-    path = os.path.join(out, "results.csv")
-    atomic_write(path, csv_bytes(results))
-    written.append(path)
-    path = os.path.join(out, "depth_of_collapse.csv")
-    atomic_write(path, depth_csv_bytes(results))
-    written.append(path)
+    """Write results.csv, depth_of_collapse.csv, the PNG plots (when matplotlib is installed) and, last,
+    results.json into a new folder that replaces ``out`` whole (:func:`write_folder`). Returns the paths written."""
+    check_out_dir(out, overwrite)
+    files = {"results.csv": csv_bytes(results), "depth_of_collapse.csv": depth_csv_bytes(results)}
     if plots.available():
-        for name, figure in (("mu_per_layer.png", plots.per_layer_png(results)),
-                             ("mu_final_vs_lambda.png", plots.final_vs_lambda_png(results)),
-                             ("depth_of_collapse.png", plots.depth_of_collapse_png(results))):
-            path = os.path.join(out, name)
-            atomic_write(path, figure)
-            written.append(path)
-    path = os.path.join(out, "results.json")
-    atomic_write(path, json.dumps(results, indent=1, allow_nan=True).encode("utf-8"))
-    written.append(path)
-    return written
+        files["mu_per_layer.png"] = plots.per_layer_png(results)
+        files["mu_final_vs_lambda.png"] = plots.final_vs_lambda_png(results)
+        files["depth_of_collapse.png"] = plots.depth_of_collapse_png(results)
+    files["results.json"] = json.dumps(results, indent=1, allow_nan=True).encode("utf-8")
+    return write_folder(out, files)
 
 
 def _depth(layer: int | None) -> str:
