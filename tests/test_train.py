@@ -193,7 +193,7 @@ def test_sweep_writes_table_and_plots(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     argv = ["sweep", "mqar", "--vocab-size", "16", "--seqlen", "16", "--num-pairs", "2", "--num-train", "64",
             "--num-test", "16", "--d-model", "16", "--epochs", "1", "--batch-size", "32", "--threads", "1", "--quiet",
-            "--lams", "0", "1", "--learnable-inits", "1", "--seeds", "0", "--out", str(tmp_path / "sweep")]
+            "--lams", "0", "1", "--learnable-inits", "1", "--lrs", "1e-3", "--seeds", "0", "--out", str(tmp_path / "sweep")]
     assert main(argv) == 0
     printed = capsys.readouterr()  # --quiet still says which run is running, and where it wrote
     assert "run 1/3: attention_fixed+0_lr" in printed.err and "run 3/3: attention_learn+1" in printed.err

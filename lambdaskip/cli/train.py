@@ -31,9 +31,10 @@ _FIELDS = [
     ("--d-state", int, "SSM state size for mamba2 and s4d (default 16)"),
     ("--headdim", int, "Mamba-2 head dimension (default 16)"),
     ("--norm", str, "post-norm of every λ-skip: layernorm, rmsnorm, l2 or none (default layernorm)"),
-    ("--epochs", int, "epochs (default 10)"),
+    ("--position-std", float, "initial scale of the learned positions (default: 1 for mqar, 0.02 for image)"),
+    ("--epochs", int, "epochs (default 6)"),
     ("--batch-size", int, "global batch over all ranks (default 64)"),
-    ("--lr", float, "peak learning rate (default 1e-3)"),
+    ("--lr", float, "peak learning rate (default 2.15e-3)"),
     ("--weight-decay", float, "AdamW weight decay on matrices (default 0.1)"),
     ("--warmup-frac", float, "fraction of steps with linear warmup, then cosine decay (default 0.1)"),
     ("--clip-grad", float, "gradient-norm clipping, 0 disables (default 1.0)"),
@@ -162,8 +163,11 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from lambdaskip.training.distributed import leave_process_group
     completed, code = False, 0
     try:
+        # left out, --lrs and --seeds take SweepConfig's defaults (the paper's lr grid, seeds 0 1 2); a --lr
+        # without --lrs sweeps that one learning rate
+        given = {"lrs": args.lrs or ([args.lr] if args.lr is not None else None), "seeds": args.seeds}
         sweep = SweepConfig(out=args.out, archs=args.archs, lams=args.lams, learnable_inits=args.learnable_inits,
-                            lrs=args.lrs, seeds=args.seeds, log_mu=args.log_mu)
+                            log_mu=args.log_mu, **{k: v for k, v in given.items() if v is not None})
         base = config_from_args(args, out=args.out)
         with output_lock(args.out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
             run_sweep(sweep, base)
@@ -187,8 +191,10 @@ def add_sweep_subcommand(commands) -> None:
                         help="fixed λ values (default %(default)s)")
     parser.add_argument("--learnable-inits", type=float, nargs="*", default=[-1.0, 1.0],
                         help="initial values of learnable λ (default %(default)s)")
-    parser.add_argument("--lrs", type=float, nargs="+", default=None, help="learning rates (default: --lr)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default %(default)s)")
+    parser.add_argument("--lrs", type=float, nargs="+", default=None,
+                        help="learning rates, swept per arch and λ setting and the best reported (default: the "
+                             "paper's logspace(-4, -2, 4) = 1e-4 4.64e-4 2.15e-3 1e-2; with --lr: that one)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2)")
     parser.add_argument("--out", required=True, help="sweep folder")
     parser.add_argument("--log-mu", action="store_true", help="mu_over_training.png with a log y axis")
     parser.set_defaults(run=_run_sweep)

@@ -22,7 +22,10 @@ class TrainConfig:
 
     ``out``, ``progress``, ``device`` and ``threads`` (CPU threads of this process, 0 = PyTorch's default;
     1 is far faster for small models on a busy or small machine) do not change the result and may differ
-    when a run is resumed; every other field must match its checkpoint. ``n_heads=`` and ``seq_len=`` are
+    when a run is resumed; every other field must match its checkpoint. ``position_std`` is the initial
+    scale of the learned positions; None: 1 for MQAR (the token embedding's scale: at 0.02 the positions are
+    drowned under the tokens that a λ = 1 skip carries through every block, and λ = 1 stays on MQAR's
+    plateau, as it needs a previous-token head), 0.02 for images (not re-measured). ``n_heads=`` and ``seq_len=`` are
     accepted as deprecated spellings of ``nheads`` and ``seqlen``."""
     task: str = "mqar"
     out: str = "runs/mqar"
@@ -49,11 +52,12 @@ class TrainConfig:
     d_state: int = 16
     headdim: int = 16
     positions: bool = True
+    position_std: float | None = None
     checkpoint: str | int | None = None
     # optimisation
-    epochs: int = 10
+    epochs: int = 6
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2.15e-3
     weight_decay: float = 0.1
     warmup_frac: float = 0.1
     clip_grad: float = 1.0
@@ -101,6 +105,8 @@ class TrainConfig:
         for name in ("lam", "lr", "weight_decay", "warmup_frac", "clip_grad"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
+        if self.position_std is not None and not (math.isfinite(self.position_std) and self.position_std > 0):
+            raise ValueError(f"position_std must be None or positive, got {self.position_std!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.weight_decay < 0 or self.clip_grad < 0:
@@ -132,6 +138,12 @@ class TrainConfig:
             raise ValueError(f"threads must be a non-negative int (0: PyTorch's default), got {self.threads!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+
+    def position_scale(self) -> float:
+        """``position_std``, or its default for the task (1 for MQAR, 0.02 for images)."""
+        if self.position_std is not None:
+            return self.position_std
+        return 1.0 if self.task == "mqar" else 0.02
 
     def mqar(self) -> MQARConfig:
         return MQARConfig(vocab_size=self.vocab_size, seqlen=self.seqlen, num_pairs=self.num_pairs,

@@ -21,6 +21,7 @@ class SequenceModel(nn.Module):
         head: ``"token"`` (a prediction per position, for MQAR) or ``"pooled"`` (mean over positions,
             one prediction per sequence, for classification).
         max_len: > 0 adds learned position embeddings for sequences up to this length; 0 adds none.
+        position_std: their initial standard deviation (the token embedding's is 1).
         seed: parameters are drawn from this seed without touching the global RNG.
         mixer_kwargs: passed to the mixer (e.g. ``nheads``, ``causal``, ``d_state``, ``headdim``).
 
@@ -31,6 +32,7 @@ class SequenceModel(nn.Module):
     def __init__(self, vocab_size: int, num_outputs: int, arch: str, depth: int, d_model: int,
                  lam: float = 1.0, learnable: bool = False, norm: str | None = "layernorm", mlp: bool = True,
                  head: str = "token", max_len: int = 0, seed: int = 0, checkpoint: str | int | None = None,
+                 position_std: float = 0.02,
                  **mixer_kwargs):
         super().__init__()
         if head not in HEADS:
@@ -44,7 +46,7 @@ class SequenceModel(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.embedding = nn.Embedding(vocab_size, d_model)
-            self.positions = nn.Parameter(0.02 * torch.randn(max_len, d_model)) if max_len else None
+            self.positions = nn.Parameter(position_std * torch.randn(max_len, d_model)) if max_len else None
             self.head = nn.Linear(d_model, num_outputs)
         self.stack = build_stack(arch, depth, d_model, lam=lam, learnable=learnable, norm=norm, mlp=mlp,
                                  seed=seed + 1, checkpoint=checkpoint, **mixer_kwargs)
@@ -81,4 +83,5 @@ def build_model(config, facts: dict) -> SequenceModel:
     return SequenceModel(facts["vocab"], facts["outputs"], config.arch, config.depth, config.d_model,
                          lam=config.lam, learnable=config.learnable, norm=config.norm, mlp=config.mlp,
                          head=facts["head"], max_len=facts["seqlen"] if config.positions else 0,
-                         seed=config.seed, checkpoint=config.checkpoint, **mixer)
+                         seed=config.seed, checkpoint=config.checkpoint, position_std=config.position_scale(),
+                         **mixer)
