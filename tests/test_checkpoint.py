@@ -164,7 +164,7 @@ def test_checkpointing_keeps_fewer_activations_and_they_grow_more_slowly_with_de
     kept = {}
     for depth in (4, 8):
         for checkpoint in (None, "block", 4):
-            stack = build_stack("attention", depth, 16, lam=1.0, seed=0, n_heads=2, checkpoint=checkpoint)
+            stack = build_stack("attention", depth, 16, lam=1.0, seed=0, nheads=2, checkpoint=checkpoint)
             kept[depth, checkpoint] = activation_bytes(stack, y)
     one = y.numel() * 4
     for depth in (4, 8):  # the inputs of blocks 1 … depth − 1 (the stack's input is not new), resp. segments
@@ -181,7 +181,7 @@ def test_build_stack_refuses_bad_checkpoint(checkpoint, error):
 
 
 def test_no_checkpointing_without_grad():
-    stack = build_stack("attention", 2, 16, seed=0, n_heads=2, checkpoint="block")
+    stack = build_stack("attention", 2, 16, seed=0, nheads=2, checkpoint="block")
     y = tokens(seed=7)
     with torch.no_grad():
-        assert torch.equal(stack(y), build_stack("attention", 2, 16, seed=0, n_heads=2)(y))
+        assert torch.equal(stack(y), build_stack("attention", 2, 16, seed=0, nheads=2)(y))

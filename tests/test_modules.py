@@ -237,10 +237,10 @@ def test_lambda_skip_and_build_stack_refuse_bad_lambda(lam, error, match):
 def test_build_stack_with_k_lams_per_block_runs_a_sweep_in_one_pass():
     """One stack with λ variants as batch slices equals one stack per λ (same seed, same weights)."""
     lams = [-1.0, 0.5, 2.0]
-    sweep = build_stack("attention", depth=3, d_model=16, lam=[lams] * 3, seed=0, n_heads=2)
+    sweep = build_stack("attention", depth=3, d_model=16, lam=[lams] * 3, seed=0, nheads=2)
     assert sweep.lams.shape == (3, 3)
     y = tokens(b=2, seed=4)
     out = sweep(y.repeat(3, 1, 1))
     for k, lam in enumerate(lams):
-        one = build_stack("attention", depth=3, d_model=16, lam=lam, seed=0, n_heads=2)
+        one = build_stack("attention", depth=3, d_model=16, lam=lam, seed=0, nheads=2)
         torch.testing.assert_close(out[2 * k:2 * k + 2], one(y), rtol=1e-5, atol=1e-5)
