@@ -198,12 +198,6 @@ def test_auto_warns_once_naming_a_shape_it_cannot_run_on_triton():
                  torch.float32, "y")
 
 
-def test_auto_picks_the_reference_for_float64():
-    t = make_inputs(1, 8, 2, 4, 4, 1, seed=0, dtype=F64)
-    y = ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], 16)
-    assert_close(y, ssd_scan_chunked(t["x"], t["dt"], t["A"], t["B"], t["C"], 16), F64, "y")
-
-
 # ------------------------------------------------------------------------------------ packed, chunk sizes
 
 PACKED = [((5, 13, 1, 18), 16), ((7, 10, 6), 8), ((30, 3, 4), 24)]
