@@ -110,7 +110,7 @@ class _OpCounter(TorchDispatchMode):
 def count_custom_ops(namespace: str = "lambdaskip"):
     """Count the calls of ``namespace::*`` custom ops inside the block (forward and backward).
 
-    Yields a :class:`collections.Counter` keyed by op name (``"lambda_norm_fwd"``, ``"ssd_chunk_scan"``, …),
+    Yields a :class:`collections.Counter` keyed by op name (``"lambda_norm_fwd"``, ``"ssd_scan_core"``, …),
     filled as the ops run, so a test can assert that the fast path it expects really ran."""
     counter = _OpCounter(namespace)
     with counter:

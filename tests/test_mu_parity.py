@@ -26,7 +26,7 @@ ARCHS = {
 }
 LAMS = [-1.0, 0.0, 0.5, 1.0, 2.0]
 COLLAPSED = 1e-4
-FAST_OPS = {"attention": ("lambda_norm_fwd",), "mamba2": ("lambda_norm_fwd", "ssd_chunk_scan"),
+FAST_OPS = {"attention": ("lambda_norm_fwd",), "mamba2": ("lambda_norm_fwd", "ssd_scan_core"),
             "s4d": ("lambda_norm_fwd", "s4d_vandermonde", "s4d_causal_conv")}  # custom ops each layer must call
 
 
