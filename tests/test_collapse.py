@@ -318,7 +318,8 @@ def test_sigint_from_outside_during_an_overwrite_leaves_old_or_new(tmp_path):
     argv = [sys.executable, "-m", "lambdaskip", "collapse", "--archs", "attention", "--lams", "0", "1", *SMALL,
             "--out", str(out)]
     assert subprocess.run(argv, capture_output=True, timeout=300).returncode == 0
-    overwrite = [a for a in argv if a != "--no-progress"] + ["--overwrite", "--seeds", "1", "--depth", "40"]
+    # deep enough that the signal lands in the study, not after it (one pass per stack takes ~1 ms a layer here)
+    overwrite = [a for a in argv if a != "--no-progress"] + ["--overwrite", "--seeds", "1", "--depth", "600"]
     process = subprocess.Popen(overwrite, stderr=subprocess.PIPE, text=True)
     seen = ""
     while "collapse study" not in seen and process.poll() is None:  # the study has started (its progress bar)

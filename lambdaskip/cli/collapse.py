@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         config.validate()
         with output_lock(args.out):
             study.check_out_dir(args.out, args.overwrite)  # refuse before the run
+            plots.load()
             if args.hf_model:
                 results = study.run_hf_study(config, args.hf_model, args.out, args.overwrite,
                                              progress=not args.no_progress)

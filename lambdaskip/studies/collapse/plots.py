@@ -19,6 +19,14 @@ def available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
+def load() -> None:
+    """Import matplotlib now, before a study runs, when it is installed. A Ctrl-C that lands inside a C
+    extension's import (matplotlib's ft2font) surfaces as an ImportError, not a KeyboardInterrupt, and
+    aborts the interpreter: imported up front, the later plotting only runs Python and drawing code."""
+    if available():
+        _pyplot()
+
+
 def _pyplot():
     import matplotlib
     matplotlib.use("Agg", force=True)
