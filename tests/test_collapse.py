@@ -180,6 +180,8 @@ def test_presets_fill_unset_options_only(preset, expected):
     (["--rate-a", "1"], "rate-a must lie in (0, 1)"),
     (["--collapse-threshold", "0"], "collapse-threshold must lie in (0, 1)"),
     (["--norm", "batchnorm"], "norm must be among"),
+    (["--seqlen", "128", "--excerpts", "100"], "--excerpts 100 asks for more sequences than the text has: it gives 35 "
+                                               "windows of 128 tokens"),
 ])
 def test_bad_input_gives_one_line_error_and_nonzero_exit(tmp_path, capsys, args, message):
     argv = ["collapse", "--archs", "attention", "--lams", "1", *SMALL, "--out", str(tmp_path / "o"), *args]
@@ -228,8 +230,18 @@ def test_tokenizer_and_bundled_sample():
     assert tuple(windows.shape) == (32, 128)
     firsts = [text_inputs.hash_encode(p)[:128] for p in passages[:32]]
     assert windows.tolist() == firsts  # one window per excerpt, in order
-    long = text_inputs.token_windows("a b c d e f g h i j", text_inputs.hash_encode, 3, 10)
+    long = text_inputs.token_windows("a b c d e f g h i j", text_inputs.hash_encode, 3, 3)
     assert tuple(long.shape) == (3, 3)
+    with pytest.raises(text_inputs.TextInputError, match="--excerpts 4 asks .* it gives 3 windows of 3 tokens"):
+        text_inputs.token_windows("a b c d e f g h i j", text_inputs.hash_encode, 3, 4)
+
+
+def test_more_excerpts_than_the_text_has_is_refused_for_library_callers_too():
+    config = collapse.StudyConfig(archs=["s4d"], depth=1, d_model=8, seqlen=128, excerpts=36, lams=[0.0])
+    with pytest.raises(text_inputs.TextInputError, match="gives 35 windows of 128 tokens .* --excerpts 35 or fewer"):
+        collapse.run_study(config, progress=False)
+    config.excerpts = 35  # every window there is: the batch is exactly what was asked for
+    assert collapse.make_inputs(config, 0)[1]["sequences"] == 35
 
 
 def test_hf_model_study_on_a_local_mamba2_with_gating_on_and_off(tmp_path, capsys):
