@@ -378,3 +378,28 @@ def test_hf_model_gpt2_has_no_gating_label_and_llama_is_refused_in_one_line(tmp_
     err = capsys.readouterr().err.strip().replace("\r", "\n").splitlines()[-1]  # after transformers' loading bar
     assert err.startswith(f"lambdaskip collapse: error: --hf-model {tmp_path / 'llama'}:") and "support" in err
     assert not (tmp_path / "llama_out").exists()
+
+
+def test_hf_model_no_progress_silences_transformers_loading_bars(tmp_path, capsys):
+    """--no-progress: no progress bar at all on stderr, transformers' "Loading weights" included; either way
+    transformers' own setting is left as it was."""
+    pytest.importorskip("transformers")
+    from transformers.utils import logging as hf_logging
+
+    from lambdaskip.hf.collapse import tiny_mamba2
+    tiny_mamba2(depth=2, d_model=16).save_pretrained(tmp_path / "mamba2")
+    capsys.readouterr()
+    argv = ["collapse", "--hf-model", str(tmp_path / "mamba2"), "--lams", "0", "--seqlen", "8", "--excerpts", "2"]
+    assert main([*argv, "--out", str(tmp_path / "quiet"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "it/s]" not in err and "\r" not in err, err
+    assert hf_logging.is_progress_bar_enabled()
+    assert main([*argv, "--out", str(tmp_path / "loud")]) == 0
+    err = capsys.readouterr().err
+    assert "hf collapse study" in err
+    hf_logging.disable_progress_bar()
+    try:  # a library caller who turned them off keeps them off
+        assert main([*argv, "--out", str(tmp_path / "off"), "--no-progress"]) == 0
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()
