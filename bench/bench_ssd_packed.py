@@ -15,13 +15,16 @@ Before timing, each layout's output is checked: the scan's against the float64 r
 inputs, the mixer's against the same mixer in float64 on the reference backend; and the packed output of
 every sequence equals its padded row's. Each benchmark records in ``benchmark.extra_info``:
 
-- ``useful_tokens`` (Σ lengths), ``computed_tokens`` (Σ lengths packed, nseqs · L_max padded) and
+- ``useful_tokens`` (Σ lengths), ``processed_tokens`` (Σ lengths packed, nseqs · L_max padded) and
   ``useful_tokens_per_s`` (useful tokens / median time);
-- ``bytes`` and ``flops`` of the scan over the computed tokens (bench_ssd's formulas, forward + backward:
+- ``bytes`` and ``flops`` of the scan over the processed tokens (bench_ssd's formulas, forward + backward:
   2× and 3× the forward's), the mixer's projections added for the mixer (2·d_model·d_in_proj and
   2·d_inner·d_model FLOPs a token, × 3 for forward + backward);
-- ``speedup_over_padded`` on the packed run: padded median time / packed median time, when the padded
-  run of the same group was timed first in the session (the order of the parametrisation).
+- ``speedup_over_padded`` on the packed run: padded median time / packed median time of the same
+  implementation and size, when the padded run was timed first in the session (the parametrisation's order).
+
+Groups name the layout and the exact size (the lengths follow from it: seeded), so bench/report.py compares
+implementations within a layout; the packed/padded ratio is ``speedup_over_padded``.
 """
 from __future__ import annotations
 
@@ -103,9 +106,9 @@ def _useful(y, useful):
     return y.flatten(0, 1)[useful]
 
 
-def _record(run_timed, benchmark, fn, *, key, useful_tokens, computed_tokens, bytes, flops, **info):
+def _record(run_timed, benchmark, fn, *, key, useful_tokens, processed_tokens, bytes, flops, **info):
     info = {"dtype": str(DTYPE), **info}
-    result = run_timed(fn, bytes=bytes, flops=flops, useful_tokens=useful_tokens, computed_tokens=computed_tokens,
+    result = run_timed(fn, bytes=bytes, flops=flops, useful_tokens=useful_tokens, processed_tokens=processed_tokens,
                        interpreted=info["impl"] == "triton" and not CUDA, **info)
     stats = getattr(benchmark, "stats", None)
     if stats is not None and getattr(stats, "stats", None) is not None:
@@ -124,7 +127,7 @@ def _record(run_timed, benchmark, fn, *, key, useful_tokens, computed_tokens, by
 def test_ssd_scan_packed_vs_padded(run_timed, benchmark, impl, layout, size):
     fn = _scan_impl(impl, size)
     lengths = lengths_of(size)
-    benchmark.group = f"ssd_scan packed-vs-padded forward+backward {size_name(size)} {DTYPE}"
+    benchmark.group = f"ssd_scan {layout} forward+backward {size_name(size)} {DTYPE}"
     b, l, seq_idx, useful = _layout(lengths, layout)
     args, kwargs = _scan_inputs(size, b, l)
     with torch.no_grad():
@@ -150,7 +153,7 @@ def test_ssd_scan_packed_vs_padded(run_timed, benchmark, impl, layout, size):
 
     (_, _, h, p, n, chunk) = size
     grads = _record(run_timed, benchmark, forward_backward, key=f"scan {impl} {size_name(size)}", impl=impl,
-                    layout=layout, size=size_name(size), useful_tokens=sum(lengths), computed_tokens=b * l,
+                    layout=layout, size=size_name(size), useful_tokens=sum(lengths), processed_tokens=b * l,
                     bytes=2 * bytes_forward(b, l, h, p, n, 1, DTYPE), flops=3 * flops_forward(b, l, h, p, n, 1, chunk))
     assert all(torch.isfinite(g.float()).all() for g in grads)
 
@@ -162,7 +165,7 @@ def test_mamba2_mixer_packed_vs_padded(run_timed, benchmark, impl, layout, size)
     _scan_impl(impl, size)  # skips where this implementation cannot run
     nseqs, L, h, p, n, chunk = size
     lengths = lengths_of(size)
-    benchmark.group = f"Mamba2Mixer packed-vs-padded forward+backward {size_name(size)} torch.float32"
+    benchmark.group = f"Mamba2Mixer {layout} forward+backward {size_name(size)} torch.float32"
     torch.manual_seed(0)
     d_model = h * p // 2
     mixer = Mamba2Mixer(d_model, d_state=n, headdim=p, chunk_size=chunk).to(DEVICE)  # float32 parameters
@@ -185,6 +188,6 @@ def test_mamba2_mixer_packed_vs_padded(run_timed, benchmark, impl, layout, size)
     flops = 3 * (flops_forward(b, l, h, p, n, 1, chunk) + 2 * b * l * d_model * (d_in_proj + mixer.d_inner))
     bytes_ = 2 * bytes_forward(b, l, h, p, n, 1, torch.float32) + 2 * b * l * d_model * 4
     grads = _record(run_timed, benchmark, forward_backward, key=f"mixer {impl} {size_name(size)}", impl=impl,
-                    layout=layout, size=size_name(size), useful_tokens=sum(lengths), computed_tokens=b * l,
+                    layout=layout, size=size_name(size), useful_tokens=sum(lengths), processed_tokens=b * l,
                     bytes=bytes_, flops=flops, dtype=str(torch.float32))
     assert all(torch.isfinite(g.float()).all() for g in grads)
