@@ -102,3 +102,27 @@ def test_varlen_states_gradient_rule():
     _, varlen64 = ssd_scan(*args, 8, **kwargs, cu_seqlens=cu.cpu(), return_varlen_states=True, backend="reference")
     assert varlen64.requires_grad
     assert_close(varlen, varlen64, torch.float32, "varlen_states")
+    varlen.mul_(2.0)  # in place, as on a detached tensor
+
+
+def test_varlen_states_under_torch_compile_are_detached():
+    """torch.compile cannot trace a backward that raises: there the Triton varlen states are detached (as
+    mamba_ssm's), and the rest compiles without graph breaks and keeps its gradients."""
+    inputs = make_inputs(1, 20, 2, 16, 16, 1, seed=9, dtype=torch.float32, initial_states=True)
+    _, cu = packed_seq_idx((6, 11, 3))
+
+    def f(x, dt, A, B, C, initial_states):
+        y, varlen = ssd_scan(x, dt, A, B, C, 16, initial_states=initial_states, cu_seqlens=cu,
+                             return_varlen_states=True, backend="triton")
+        return y.square().sum(), varlen
+
+    torch._dynamo.reset()
+    eager, compiled = _leaves(inputs), _leaves(inputs)
+    loss, varlen = torch.compile(f, fullgraph=True)(*split(compiled)[0], compiled["initial_states"])
+    assert not varlen.requires_grad
+    loss.backward()
+    loss_eager, varlen_eager = f(*split(eager)[0], eager["initial_states"])
+    loss_eager.backward()
+    assert_close(varlen, varlen_eager, torch.float32, "varlen_states")
+    for name in inputs:
+        assert_close(compiled[name].grad, eager[name].grad, torch.float32, f"d{name}")

@@ -108,7 +108,8 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_s
         return_varlen_states: also return each packed sequence's final state (needs ``cu_seqlens``); the
             first includes the initial state (mamba_ssm drops it when that sequence ends in the first chunk).
             Gradients: differentiable on the reference backend; on Triton, as mamba_ssm's, they carry none,
-            and a backward pass that reaches them raises (gradients of ``y`` and the final states flow).
+            and a backward pass that reaches them raises (detached under torch.compile); gradients of ``y``
+            and the final states flow.
         backend: keyword only. "auto" (Triton on CUDA, else the reference), "reference" or "triton" (on CPU
             only under TRITON_INTERPRET=1). Triton takes float16/bfloat16/float32 and headdim,
             dstate <= 128 and accumulates in float32; "auto" uses the reference for float64 input, and,

@@ -68,7 +68,7 @@ def check_seq_idx_matches_cu_seqlens(seq_idx, cu_seqlens, seqlen: int) -> None:
 class _RefuseGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, varlen):
-        return varlen.view_as(varlen)
+        return varlen.clone()  # not a view: callers may modify the states in place, as a detached tensor
 
     @staticmethod
     def backward(ctx, grad):
@@ -78,5 +78,8 @@ class _RefuseGradient(torch.autograd.Function):
 
 def refuse_gradient(varlen: torch.Tensor) -> torch.Tensor:
     """``varlen`` unchanged, but a backward pass that reaches it raises (rather than silently dropping its
-    gradient, as a detached tensor would)."""
+    gradient, as a detached tensor would). Under torch.compile, which cannot trace a backward that raises,
+    it is detached (as mamba_ssm's)."""
+    if torch.compiler.is_compiling() or not (varlen.requires_grad and torch.is_grad_enabled()):
+        return varlen.detach()
     return _RefuseGradient.apply(varlen)
