@@ -24,12 +24,13 @@ import torch
 
 from lambdaskip.ops._backend import choose_backend
 from lambdaskip.ops._checks import check_bool, check_same_device, check_tensor
+from lambdaskip.ops.ssd_packed import (check_packed_shapes, check_seq_idx_matches_cu_seqlens, packed_value_flags,
+                                       refuse_gradient)
 from lambdaskip.reference.ssd import prepare_dt, seq_idx_from_cu_seqlens, ssd_scan_chunked
 
 SUPPORTED_BACKENDS = ("reference", "triton")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 TRITON_MAX_DIM = 128  # the backward kernels hold headdim × dstate whole in one float32 tile
-INDEX_DTYPES = (torch.int32, torch.int64)
 _warned_shapes: set[tuple[int, int]] = set()
 
 
@@ -62,34 +63,17 @@ def _check_no_float64_mix(**tensors) -> None:
                         f"in float64, or none")
 
 
-def _check_index(name: str, t, ndim: int) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in INDEX_DTYPES:
-        raise TypeError(f"{name} must be an int32 or int64 tensor, got {t.dtype}")
-    if t.dim() != ndim:
-        raise ValueError(f"{name} must have {ndim} dimension{'s' if ndim > 1 else ''}, got shape {tuple(t.shape)}")
-
-
-def _check_values(A, seq_idx, cu_seqlens, seqlen: int) -> None:
+def _check_values(A, seq_idx, cu_seqlens, seqlen: int, initial_states) -> None:
     """The checks that read tensor values, gathered into one device synchronisation (skipped while compiling)."""
     if torch.compiler.is_compiling():
         return
-    flags = {"A must be < 0 (a decaying state, as Mamba-2's A = -exp(A_log))": ~(A < 0).all()}
-    if seq_idx is not None:
-        flags["seq_idx must be non-decreasing along seqlen (one packed sequence after another)"] = \
-            (seq_idx[:, 1:] < seq_idx[:, :-1]).any()
-    if cu_seqlens is not None:
-        flags[f"cu_seqlens must start at 0, end at seqlen = {seqlen} and strictly increase"] = \
-            (cu_seqlens[0] != 0) | (cu_seqlens[-1] != seqlen) | (cu_seqlens[1:] <= cu_seqlens[:-1]).any()
+    flags = {"A must be < 0 (a decaying state, as Mamba-2's A = -exp(A_log))": ~(A < 0).all(),
+             **packed_value_flags(seq_idx, cu_seqlens, seqlen, initial_states)}
     failed = [message for message, bad in zip(flags, torch.stack(list(flags.values())).tolist()) if bad]
     if failed:
         raise ValueError(failed[0] + (f", got A = {A.tolist()}" if failed[0].startswith("A ") else ""))
     if seq_idx is not None and cu_seqlens is not None:
-        implied = seq_idx_from_cu_seqlens(cu_seqlens, seqlen)
-        if not torch.equal((seq_idx - seq_idx[:, :1]).to(torch.int32), implied):
-            raise ValueError("seq_idx and cu_seqlens disagree: seq_idx must change exactly at the offsets in "
-                             "cu_seqlens")
+        check_seq_idx_matches_cu_seqlens(seq_idx, cu_seqlens, seqlen)
 
 
 def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None, seq_idx=None,
@@ -114,17 +98,22 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_s
         D: optional (nheads,) or (nheads, headdim) skip weight.
         z: optional (batch, seqlen, nheads, headdim) gate: the output is multiplied by silu(z).
         dt_bias: optional (nheads,) added to dt.
-        initial_states: optional (batch, nheads, headdim, dstate) state before the first token (of the
-            row's first sequence, when packed).
+        initial_states: optional (batch, nheads, headdim, dstate) state before the first token. Packed, it
+            seeds only the row's first sequence (every later boundary resets to 0), as in mamba_ssm; each
+            row's seq_idx must then start at 0. Its gradient flows back too.
         seq_idx: optional (batch, seqlen) int32/int64, non-decreasing: packed sequences; the state is reset
-            wherever it changes. Defaults to the one ``cu_seqlens`` implies.
+            wherever it changes. Defaults to the one ``cu_seqlens`` implies (mamba_ssm resets only at
+            ``seq_idx``: pass both to match it).
         cu_seqlens: optional (num_seqs + 1,) int32/int64 offsets of packed sequences (batch must be 1):
             0, len_0, len_0 + len_1, …, seqlen.
         dt_softplus: apply softplus to dt (after the bias).
         dt_limit: (low, high) clamp of dt, skipped at the default (0, inf).
         return_final_states: also return the state after the last token.
-        return_varlen_states: also return each packed sequence's final state (needs ``cu_seqlens``);
-            like mamba_ssm's, these carry no gradient on the Triton backend.
+        return_varlen_states: also return each packed sequence's final state (needs ``cu_seqlens``); the
+            first includes the initial state (mamba_ssm drops it when that sequence ends in the first chunk).
+            Gradients: differentiable on the reference backend; on Triton, as mamba_ssm's, they carry none,
+            and a backward pass that reaches them raises (detached under torch.compile); gradients of ``y``
+            and the final states flow.
         backend: keyword only. "auto" (Triton on CUDA, else the reference), "reference" or "triton" (on CPU
             only under TRITON_INTERPRET=1). Triton takes float16/bfloat16/float32 and headdim,
             dstate <= 128 and accumulates in float32; "auto" uses the reference for float64 input, and,
@@ -170,26 +159,15 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_s
         check_tensor("dt_bias", dt_bias, shape=(h,))
     if initial_states is not None:
         check_tensor("initial_states", initial_states, shape=(b, h, p, n))
-    if seq_idx is not None:
-        _check_index("seq_idx", seq_idx, 2)
-        if tuple(seq_idx.shape) != (b, l):
-            raise ValueError(f"seq_idx must have shape (batch, seqlen) = ({b}, {l}), got {tuple(seq_idx.shape)}")
-    if cu_seqlens is not None:
-        _check_index("cu_seqlens", cu_seqlens, 1)
-        if cu_seqlens.numel() < 2:
-            raise ValueError(f"cu_seqlens must hold at least 2 offsets, got shape {tuple(cu_seqlens.shape)}")
-        if b != 1:
-            raise ValueError(f"cu_seqlens needs batch 1 (sequences packed into one row), got batch {b}")
     check_bool("dt_softplus", dt_softplus)
     dt_limit = _check_dt_limit(dt_limit)
     check_bool("return_final_states", return_final_states)
     check_bool("return_varlen_states", return_varlen_states)
-    if return_varlen_states and cu_seqlens is None:
-        raise ValueError("return_varlen_states=True needs cu_seqlens")
+    check_packed_shapes(seq_idx, cu_seqlens, b, l, return_varlen_states)
     _check_no_float64_mix(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
     device = check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias,
                                initial_states=initial_states, seq_idx=seq_idx, cu_seqlens=cu_seqlens)
-    _check_values(A, seq_idx, cu_seqlens, l)
+    _check_values(A, seq_idx, cu_seqlens, l, initial_states)
     if seq_idx is None and cu_seqlens is not None:
         seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, l)
 
@@ -250,7 +228,7 @@ def _ssd_scan_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, 
         y = y + x.float() * (D.float()[:, None] if D.dim() == 1 else D.float())
     if z is not None:
         y = y * torch.nn.functional.silu(z.float())
-    return (y.to(x.dtype), final) + ((varlen.detach(),) if return_varlen_states else ())
+    return (y.to(x.dtype), final) + ((refuse_gradient(varlen),) if return_varlen_states else ())
 
 
 @torch.library.custom_op("lambdaskip::ssd_scan_core", mutates_args=())

@@ -14,8 +14,10 @@ and compute, per batch element and head, with ``dt ← clamp(softplus?(dt + dt_b
     y_t = h_t·C_t + D·x_t,   then y_t ← y_t · silu(z_t)
 
 With ``seq_idx`` (packed sequences) the state is reset to 0 before every token whose ``seq_idx``
-differs from the previous token's; the initial state belongs to the row's first sequence. With
-``cu_seqlens`` and ``return_varlen_states`` each sequence's final state is returned too.
+differs from the previous token's; the initial state belongs to the row's first sequence (the one numbered
+0: :func:`lambdaskip.ops.ssd_scan`, as mamba_ssm, seeds only ``seq_idx == 0``, and refuses a row starting
+elsewhere). With ``cu_seqlens`` and ``return_varlen_states`` each sequence's final state is returned too
+(differentiable here; the first includes the initial state).
 
 They return ``y`` (x's dtype), or a tuple as mamba_ssm: ``(y, final_states)``, ``(y, varlen_states)`` or
 ``(y, final_states, varlen_states)``; the states are float32 (float64 for float64 inputs), as mamba_ssm
