@@ -107,6 +107,10 @@ def test_ssd_scan_empty_batch_or_seqlen(b, l, dtype, backend):
     assert final.shape == (b, h, p, n) and final.dtype == state_dtype
     assert torch.equal(final, h0.detach().to(state_dtype))  # no token: the state is still the initial one
     backprop(y, (x, dt, A, B, C, D, z, dt_bias, h0))
+    seq_idx = torch.zeros(b, l, dtype=torch.int32)  # packed rows: nothing to check in an empty one
+    y, final = ssd_scan(x, dt, A, B, C, 16, initial_states=h0, seq_idx=seq_idx, return_final_states=True,
+                        backend=backend)
+    assert y.shape == (b, l, h, p) and torch.equal(final, h0.detach().to(state_dtype))
     y, final = ssd_scan(x, dt, A, B, C, 16, return_final_states=True, backend=backend)
     assert y.shape == (b, l, h, p) and torch.equal(final, torch.zeros(b, h, p, n, dtype=state_dtype))
     assert ssd_scan(x, dt, A, B, C, 16, backend=backend).shape == (b, l, h, p)

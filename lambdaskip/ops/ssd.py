@@ -11,8 +11,6 @@ references in :mod:`lambdaskip.reference.ssd_steps`). The Triton path splits the
   and the per-sequence final states; its backward, ``lambdaskip::ssd_scan_core_backward``, is Triton
   too and deterministic (no atomics: per-head partial gradients of B and C are summed over each
   group's heads afterwards).
-
-Long file: the op's validation, its dispatch and the custom ops with their autograd are read together.
 """
 from __future__ import annotations
 
