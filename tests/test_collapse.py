@@ -180,6 +180,8 @@ def test_presets_fill_unset_options_only(preset, expected):
     (["--rate-a", "1"], "rate-a must lie in (0, 1)"),
     (["--collapse-threshold", "0"], "collapse-threshold must lie in (0, 1)"),
     (["--norm", "batchnorm"], "norm must be among"),
+    (["--seqlen", "128", "--excerpts", "100"], "--excerpts 100 asks for more sequences than the text has: it gives 35 "
+                                               "windows of 128 tokens"),
 ])
 def test_bad_input_gives_one_line_error_and_nonzero_exit(tmp_path, capsys, args, message):
     argv = ["collapse", "--archs", "attention", "--lams", "1", *SMALL, "--out", str(tmp_path / "o"), *args]
@@ -228,8 +230,18 @@ def test_tokenizer_and_bundled_sample():
     assert tuple(windows.shape) == (32, 128)
     firsts = [text_inputs.hash_encode(p)[:128] for p in passages[:32]]
     assert windows.tolist() == firsts  # one window per excerpt, in order
-    long = text_inputs.token_windows("a b c d e f g h i j", text_inputs.hash_encode, 3, 10)
+    long = text_inputs.token_windows("a b c d e f g h i j", text_inputs.hash_encode, 3, 3)
     assert tuple(long.shape) == (3, 3)
+    with pytest.raises(text_inputs.TextInputError, match="--excerpts 4 asks .* it gives 3 windows of 3 tokens"):
+        text_inputs.token_windows("a b c d e f g h i j", text_inputs.hash_encode, 3, 4)
+
+
+def test_more_excerpts_than_the_text_has_is_refused_for_library_callers_too():
+    config = collapse.StudyConfig(archs=["s4d"], depth=1, d_model=8, seqlen=128, excerpts=36, lams=[0.0])
+    with pytest.raises(text_inputs.TextInputError, match="gives 35 windows of 128 tokens .* --excerpts 35 or fewer"):
+        collapse.run_study(config, progress=False)
+    config.excerpts = 35  # every window there is: the batch is exactly what was asked for
+    assert collapse.make_inputs(config, 0)[1]["sequences"] == 35
 
 
 def test_hf_model_study_on_a_local_mamba2_with_gating_on_and_off(tmp_path, capsys):
@@ -366,3 +378,28 @@ def test_hf_model_gpt2_has_no_gating_label_and_llama_is_refused_in_one_line(tmp_
     err = capsys.readouterr().err.strip().replace("\r", "\n").splitlines()[-1]  # after transformers' loading bar
     assert err.startswith(f"lambdaskip collapse: error: --hf-model {tmp_path / 'llama'}:") and "support" in err
     assert not (tmp_path / "llama_out").exists()
+
+
+def test_hf_model_no_progress_silences_transformers_loading_bars(tmp_path, capsys):
+    """--no-progress: no progress bar at all on stderr, transformers' "Loading weights" included; either way
+    transformers' own setting is left as it was."""
+    pytest.importorskip("transformers")
+    from transformers.utils import logging as hf_logging
+
+    from lambdaskip.hf.collapse import tiny_mamba2
+    tiny_mamba2(depth=2, d_model=16).save_pretrained(tmp_path / "mamba2")
+    capsys.readouterr()
+    argv = ["collapse", "--hf-model", str(tmp_path / "mamba2"), "--lams", "0", "--seqlen", "8", "--excerpts", "2"]
+    assert main([*argv, "--out", str(tmp_path / "quiet"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "it/s]" not in err and "\r" not in err, err
+    assert hf_logging.is_progress_bar_enabled()
+    assert main([*argv, "--out", str(tmp_path / "loud")]) == 0
+    err = capsys.readouterr().err
+    assert "hf collapse study" in err
+    hf_logging.disable_progress_bar()
+    try:  # a library caller who turned them off keeps them off
+        assert main([*argv, "--out", str(tmp_path / "off"), "--no-progress"]) == 0
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()

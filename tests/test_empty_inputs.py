@@ -1,12 +1,13 @@
 """The empty-tensor policy of :mod:`lambdaskip.ops`: a zero-size batch or sequence dim gives an empty
 result of the right shape and dtype that backpropagates (zero gradients for the parameters); a
-zero-size feature dim is refused with a ValueError naming the argument. On every backend that runs here."""
+zero-size feature dim is refused with a ValueError naming the argument. On every backend that runs here
+(Triton under the interpreter on CPU)."""
 import os
 
 import pytest
 import torch
 
-from lambdaskip.ops import attention, lambda_norm, s4d_conv, s4d_kernel
+from lambdaskip.ops import attention, lambda_norm, s4d_conv, s4d_kernel, ssd_scan, ssd_step
 from lambdaskip.reference.s4d import s4d_init
 
 needs_extension = pytest.mark.skipif(os.environ.get("LAMBDASKIP_DISABLE_EXTENSION") == "1",
@@ -87,3 +88,60 @@ def test_s4d_refuses_zero_channels_or_modes():
         s4d_kernel(log_dt[:0], A_re[:0], A_im[:0], C[:0], 8)
     with pytest.raises(ValueError, match="u must have H > 0 channels"):
         s4d_conv(torch.randn(2, 0, 5), torch.randn(0, 5))
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("b,l", [(0, 9), (2, 0), (0, 0)])
+def test_ssd_scan_empty_batch_or_seqlen(b, l, dtype, backend):
+    if dtype == torch.float64 and backend == "triton":
+        pytest.skip("Triton takes 16/32-bit input")
+    h, p, g, n = 4, 3, 2, 5
+    x, dt, B, C, z, D, dt_bias, h0 = leaves((b, l, h, p), (b, l, h), (b, l, g, n), (b, l, g, n), (b, l, h, p),
+                                            (h,), (h,), (b, h, p, n), dtype=dtype)
+    A = (-torch.rand(h, dtype=dtype) - 0.1).requires_grad_(True)
+    y, final = ssd_scan(x, dt, A, B, C, 16, D=D, z=z, dt_bias=dt_bias, initial_states=h0, dt_softplus=True,
+                        return_final_states=True, backend=backend)
+    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    assert y.shape == (b, l, h, p) and y.dtype == dtype
+    assert final.shape == (b, h, p, n) and final.dtype == state_dtype
+    assert torch.equal(final, h0.detach().to(state_dtype))  # no token: the state is still the initial one
+    backprop(y, (x, dt, A, B, C, D, z, dt_bias, h0))
+    seq_idx = torch.zeros(b, l, dtype=torch.int32)  # packed rows: nothing to check in an empty one
+    y, final = ssd_scan(x, dt, A, B, C, 16, initial_states=h0, seq_idx=seq_idx, return_final_states=True,
+                        backend=backend)
+    assert y.shape == (b, l, h, p) and torch.equal(final, h0.detach().to(state_dtype))
+    y, final = ssd_scan(x, dt, A, B, C, 16, return_final_states=True, backend=backend)
+    assert y.shape == (b, l, h, p) and torch.equal(final, torch.zeros(b, h, p, n, dtype=state_dtype))
+    assert ssd_scan(x, dt, A, B, C, 16, backend=backend).shape == (b, l, h, p)
+
+
+@pytest.mark.parametrize("x_shape,B_shape,name", [
+    ((2, 9, 0, 3), (2, 9, 1, 5), "x must have nheads > 0 and headdim > 0"),
+    ((2, 9, 4, 0), (2, 9, 1, 5), "x must have nheads > 0 and headdim > 0"),
+    ((2, 9, 4, 3), (2, 9, 1, 0), "B must have ngroups >= 1 and dstate >= 1"),
+    ((0, 9, 4, 3), (0, 9, 0, 5), "B must have ngroups >= 1 and dstate >= 1"),
+])
+def test_ssd_scan_refuses_empty_features(x_shape, B_shape, name):
+    b, l, h, _ = x_shape
+    with pytest.raises(ValueError, match=name):
+        ssd_scan(torch.randn(x_shape), torch.rand(b, l, h), -torch.rand(h) - 0.1, torch.randn(B_shape),
+                 torch.randn(B_shape), 16)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference", "triton"])
+def test_ssd_step_empty_batch(backend):
+    h, p, g, n = 4, 3, 2, 5
+    state = torch.zeros(0, h, p, n)
+    y = ssd_step(state, torch.randn(0, h, p), torch.rand(0, h), -torch.rand(h) - 0.1, torch.randn(0, g, n),
+                 torch.randn(0, g, n), D=torch.randn(h), z=torch.randn(0, h, p), dt_bias=torch.randn(h),
+                 dt_softplus=True, backend=backend)
+    assert y.shape == (0, h, p) and y.dtype == torch.float32 and state.shape == (0, h, p, n)
+
+
+@pytest.mark.parametrize("state_shape", [(2, 0, 3, 5), (2, 4, 0, 5), (2, 4, 3, 0)])
+def test_ssd_step_refuses_empty_features(state_shape):
+    b, h, p, n = state_shape
+    with pytest.raises(ValueError, match="state must have nheads, headdim and dstate > 0"):
+        ssd_step(torch.zeros(state_shape), torch.randn(b, h, p), torch.rand(b, h), -torch.rand(h) - 0.1,
+                 torch.randn(b, 1, n), torch.randn(b, 1, n))

@@ -1,16 +1,19 @@
 """NaN in → NaN out: a non-finite input value reaches the outputs it affects on every backend that runs
 here, in the same places as the float64 reference (never zeros, never a finite guess).
 
-Backends: attention "auto" (SDPA) and "reference"; lambda_norm "reference" and "triton" (under the
-interpreter); s4d_kernel / s4d_conv "reference" and "extension". Seeds 0, 1, 2 for each case; the
+Backends: attention "auto" (SDPA) and "reference"; lambda_norm, ssd_scan and ssd_step "reference" and
+"triton" (under the interpreter); s4d_kernel / s4d_conv "reference" and "extension". Seeds 0, 1, 2 for each case
+(the SSD cases, slow under the interpreter, take them in turn); the
 sizes are odd and small. Finite outputs are compared too, with the float32 tolerance.
 """
 import os
 
 import pytest
 import torch
+from ssd_inputs import make_inputs as ssd_inputs
+from ssd_inputs import split as ssd_split
 
-from lambdaskip.ops import attention, lambda_norm, s4d_conv, s4d_kernel
+from lambdaskip.ops import attention, lambda_norm, s4d_conv, s4d_kernel, ssd_scan, ssd_step
 from lambdaskip.reference.s4d import s4d_init
 from lambdaskip.testing import assert_close
 
@@ -139,3 +142,80 @@ def test_s4d_conv_fft_nan_poisons_its_channel(seed):
     u[1, 0, 20] = NAN
     y = s4d_conv(u, K, method="fft")
     assert y[1, 0].isnan().all() and torch.isfinite(y[0]).all() and torch.isfinite(y[1, 1:]).all()
+
+
+# ---------------------------------------------------------------------------------------------- SSD
+# (tensor, index): a token of x, dt, B (group 1 feeds heads 2, 3), C and z, a head of D and dt_bias, an entry
+# of the initial state; b=2, seqlen 23, nheads 4, headdim 3, ngroups 2, dstate 5, chunks of 8 tokens.
+SSD_POISONS = [("x", (0, 5, 1, 2), NAN), ("x", (1, 16, 3, 0), INF), ("dt", (1, 3, 2), NAN), ("dt", (0, 20, 1), INF),
+               ("B", (1, 9, 1, 2), NAN), ("B", (0, 0, 0, 4), -INF), ("C", (0, 7, 0, 1), NAN), ("z", (1, 12, 2, 1), NAN),
+               ("D", (3,), NAN), ("dt_bias", (1,), NAN), ("initial_states", (0, 2, 1, 3), NAN),
+               ("initial_states", (1, 0, 2, 0), INF)]
+
+
+def ssd_case(seed, poison, value, dtype):
+    inputs = ssd_inputs(b=2, l=23, h=4, p=3, n=5, g=2, seed=seed, dtype=torch.float32, D_shape="h", z=True,
+                        dt_bias=True, initial_states=True, device="cpu")
+    name, index = poison
+    inputs[name][index] = value
+    args, kwargs = ssd_split({k: v.to(dtype) for k, v in inputs.items()})
+    return args, kwargs
+
+
+@pytest.mark.parametrize("case", range(len(SSD_POISONS)), ids=[f"{n}{list(i)}={v}" for n, i, v in SSD_POISONS])
+def test_ssd_scan_triton_agrees_with_the_reference(case):
+    *poison, value = SSD_POISONS[case]
+    seed = SEEDS[case % len(SEEDS)]
+    args, kwargs = ssd_case(seed, poison, value, torch.float64)
+    want = ssd_scan(*args, 8, **kwargs, dt_softplus=True, return_final_states=True, backend="reference")
+    assert not torch.isfinite(want[0]).all()
+    args, kwargs = ssd_case(seed, poison, value, torch.float32)
+    got = ssd_scan(*args, 8, **kwargs, dt_softplus=True, return_final_states=True, backend="triton")
+    for what, g, w in zip(("y", "final_states"), got, want):
+        if what == "final_states" and poison[0] in ("C", "z"):
+            assert torch.isfinite(g).all() and torch.isfinite(w).all()  # C and z do not enter the state
+            continue
+        assert_same_non_finite(g, w, f"{what} with {poison[0]}{list(poison[1])} = {value}")
+
+
+def test_ssd_scan_nan_reaches_its_channel_from_the_start_of_its_chunk():
+    """The documented placement (ops.ssd_scan): x NaN at token 13 reaches y of that (batch, head, channel) at
+    tokens 8.. (chunk 1 starts at 8), nothing else; in C, its own token only."""
+    args, kwargs = ssd_case(0, ("x", (0, 13, 1, 2)), NAN, torch.float64)
+    y, final = ssd_scan(*args, 8, **kwargs, return_final_states=True, backend="reference")
+    expected = torch.zeros_like(y, dtype=torch.bool)
+    expected[0, 8:, 1, 2] = True
+    assert torch.equal(y.isnan(), expected)
+    assert final[0, 1, 2].isnan().all() and final.isnan().sum() == final.shape[-1]
+    args, kwargs = ssd_case(0, ("C", (1, 4, 0, 3)), NAN, torch.float64)
+    expected = torch.zeros_like(y, dtype=torch.bool)
+    expected[1, 4, :2] = True   # group 0 feeds heads 0 and 1
+    assert torch.equal(ssd_scan(*args, 8, **kwargs, backend="reference").isnan(), expected)
+
+
+# (tensor, index) for one decode step: b=2, nheads 4, headdim 3, ngroups 2, dstate 5
+STEP_POISONS = [("state", (1, 2, 0, 4)), ("x", (0, 3, 1)), ("dt", (1, 0)), ("B", (0, 1, 2)), ("C", (1, 0, 3)),
+                ("z", (0, 2, 2)), ("D", (1,)), ("dt_bias", (3,))]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("value", [NAN, INF], ids=["nan", "inf"])
+@pytest.mark.parametrize("poison", STEP_POISONS, ids=lambda p: f"{p[0]}{list(p[1])}")
+def test_ssd_step_triton_agrees_with_the_reference(poison, value, seed):
+    g = torch.Generator().manual_seed(seed)
+    b, h, p, ng, n = 2, 4, 3, 2, 5
+    t = {"state": torch.randn(b, h, p, n, generator=g), "x": torch.randn(b, h, p, generator=g),
+         "dt": torch.rand(b, h, generator=g), "A": -torch.rand(h, generator=g) - 0.1,
+         "B": torch.randn(b, ng, n, generator=g), "C": torch.randn(b, ng, n, generator=g),
+         "z": torch.randn(b, h, p, generator=g), "D": torch.randn(h, generator=g), "dt_bias": torch.randn(h, generator=g)}
+    name, index = poison
+    t[name][index] = value
+    want_state = t["state"].double()
+    want = ssd_step(want_state, **{k: v.double() for k, v in t.items() if k != "state"}, dt_softplus=True,
+                    backend="reference")
+    assert not torch.isfinite(want).all()
+    state = t.pop("state").clone()
+    got = ssd_step(state, **t, dt_softplus=True, backend="triton")
+    assert_same_non_finite(got, want, f"y with {name}{list(index)} = {value}")
+    if name not in ("C", "z", "D"):  # these do not enter the state
+        assert_same_non_finite(state, want_state, f"state with {name}{list(index)} = {value}")

@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gating", nargs="*", type=_gating_arg, metavar="on|off",
                         help="Mamba-2 gate setting(s) (default off, as in the paper's Fig. 1)")
     parser.add_argument("--seeds", nargs="*", type=int, metavar="SEED", help="model/embedding seeds (default 0)")
-    parser.add_argument("--excerpts", type=int, help="sequences per batch (default 8; the bundled sample has 33)")
+    parser.add_argument("--excerpts", type=int, help="sequences per batch (default 8); at most the windows the text has, else an error (the "
+                             "bundled sample gives 35 at --seqlen 128)")
     parser.add_argument("--input", choices=study.INPUTS, help="text (default) or gaussian tokens")
     parser.add_argument("--text", metavar="FILE", help="your own UTF-8 text (passages split at blank lines)")
     parser.add_argument("--hf-tokenizer", metavar="NAME", help="a locally cached Hugging Face tokenizer")

@@ -84,7 +84,9 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_s
         h_t = exp(dt_t·A)·h_{t−1} + dt_t · x_t ⊗ B_t,   y_t = (h_t·C_t + D·x_t) · silu(z_t)
 
     Args:
-        x: (batch, seqlen, nheads, headdim), float16/bfloat16/float32/float64.
+        x: (batch, seqlen, nheads, headdim), float16/bfloat16/float32/float64. batch and seqlen may be 0
+            (an empty y that backpropagates; the final state is then ``initial_states`` or zeros); nheads
+            and headdim may not.
         dt: (batch, seqlen, nheads) steps before ``dt_bias`` / softplus / clamp.
         A: (nheads,) decay rates, all < 0 (Mamba-2's ``-exp(A_log)``).
         B, C: (batch, seqlen, ngroups, dstate); nheads divisible by ngroups, head i uses group
@@ -119,14 +121,18 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_s
         ``return_varlen_states`` a tuple ``(y, final_states, varlen_states)`` holding those asked for, in
         that order: final states (batch, nheads, headdim, dstate) and varlen states (num_seqs, nheads,
         headdim, dstate), float32 (float64 for float64 input) as mamba_ssm returns them.
+    Non-finite values (NaN in → NaN out): a NaN or ±inf in x, dt or B at token s reaches the outputs it feeds
+    from the start of s's chunk on (the chunked form's masked products are 0·NaN) and the final state; in C
+    or z, token s only; in D, dt_bias or initial_states, every token. Every backend puts NaN where
+    :func:`~lambdaskip.reference.ssd.ssd_scan_chunked` does (A must be finite and < 0).
     Raises:
         TypeError / ValueError naming the offending argument; RuntimeError when a forced backend cannot
         run here.
     """
     check_tensor("x", x, ndim=4)
     b, l, h, p = x.shape
-    if l < 1 or h < 1 or p < 1 or b < 1:
-        raise ValueError(f"x must have non-empty dimensions (batch, seqlen, nheads, headdim), got {tuple(x.shape)}")
+    if h < 1 or p < 1:  # batch and seqlen may be 0 (the empty-tensor rule of lambdaskip.ops)
+        raise ValueError(f"x must have nheads > 0 and headdim > 0, got shape {tuple(x.shape)}")
     check_tensor("dt", dt, shape=(b, l, h))
     check_tensor("A", A, shape=(h,))
     check_tensor("B", B, ndim=4)
@@ -136,7 +142,10 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_s
         raise ValueError(f"B must have ngroups >= 1 and dstate >= 1, got shape {tuple(B.shape)}")
     if h % g:
         raise ValueError(f"B: nheads ({h}) must be divisible by ngroups ({g})")
-    check_tensor("C", C, shape=(b, l, g, n))
+    check_tensor("C", C, shape=(b, l, None, None))
+    if C.shape != B.shape:  # (ngroups, dstate) are read from B, so either one may be the wrong one
+        raise ValueError(f"B and C must have the same (ngroups, dstate), got B {tuple(B.shape)} and "
+                         f"C {tuple(C.shape)}")
     _check_chunk_size(chunk_size)
     if D is not None:
         check_tensor("D", D, ndim=(1, 2))
@@ -161,6 +170,8 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_s
         seq_idx = seq_idx_from_cu_seqlens(cu_seqlens, l)
 
     chosen = choose_backend("ssd_scan", backend, device, SUPPORTED_BACKENDS)
+    if b == 0 or l == 0:  # no token: nothing to launch
+        return _empty_scan(x, dt, A, B, C, D, z, dt_bias, initial_states, return_final_states)
     if chosen == "triton" and backend == "auto" and _triton_limit_broken(x.dtype, p, n) is not None:
         if x.dtype != torch.float64 and (p, n) not in _warned_shapes:
             _warned_shapes.add((p, n))
@@ -178,6 +189,17 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_s
         y, final, *varlen = _ssd_scan_triton(*args, return_varlen_states)
     out = (y,) + ((final,) if return_final_states else ()) + tuple(varlen)
     return out[0] if len(out) == 1 else out
+
+
+def _empty_scan(x, dt, A, B, C, D, z, dt_bias, initial_states, return_final_states):
+    """Batch 0 or seqlen 0: an empty y that reaches every input (zero gradients); the final state is then the
+    initial state (or zeros)."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    reach = sum(t.sum() for t in (dt, A, B, C, D, z, dt_bias, initial_states) if t is not None)
+    y = (x.to(dtype) * reach.to(dtype)).to(x.dtype)
+    final = (x.new_zeros((x.shape[0], x.shape[2], x.shape[3], B.shape[-1]), dtype=dtype) if initial_states is None
+             else initial_states.to(dtype, copy=True))
+    return (y, final) if return_final_states else y
 
 
 def _triton_limit_broken(dtype: torch.dtype, headdim: int, dstate: int):

@@ -51,7 +51,7 @@ def packed_value_flags(seq_idx, cu_seqlens, seqlen: int, initial_states) -> dict
     if seq_idx is not None and initial_states is not None:
         flags["seq_idx must start at 0 in every row when initial_states is given (the initial state seeds the "
               "sequence numbered 0; mamba_ssm silently ignores it in a row that starts elsewhere)"] = \
-            (seq_idx[:, 0] != 0).any()
+            (seq_idx[:, :1] != 0).any()
     if cu_seqlens is not None:
         flags[f"cu_seqlens must start at 0, end at seqlen = {seqlen} and strictly increase"] = \
             (cu_seqlens[0] != 0) | (cu_seqlens[-1] != seqlen) | (cu_seqlens[1:] <= cu_seqlens[:-1]).any()

@@ -48,7 +48,7 @@ def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=Fa
 
     Args:
         state: (batch, nheads, headdim, dstate), contiguous; updated in place. Keep it in float32 for
-            16-bit inputs (a 16-bit state rounds once per token).
+            16-bit inputs (a 16-bit state rounds once per token). batch may be 0 (an empty y).
         x: (batch, nheads, headdim).
         dt: (batch, nheads) step before ``dt_bias`` / softplus / clamp.
         A: (nheads,) decay rates (A ≤ 0 for a stable state).
@@ -64,15 +64,16 @@ def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=Fa
     Returns:
         y (batch, nheads, headdim) in x's dtype, computed from the updated state before it is rounded to
         the state's dtype.
+    Non-finite values (NaN in → NaN out): a NaN or ±inf reaches the state rows and outputs it feeds, on every
+    backend where the reference puts it.
     Raises:
         TypeError / ValueError naming the offending argument; RuntimeError when a forced backend cannot
         run here.
     """
     check_tensor("state", state, ndim=4)
     b, h, p, n = state.shape
-    if min(b, h, p, n) < 1:
-        raise ValueError(f"state must have non-empty dimensions (batch, nheads, headdim, dstate), "
-                         f"got {tuple(state.shape)}")
+    if min(h, p, n) < 1:  # batch may be 0 (the empty-tensor rule of lambdaskip.ops)
+        raise ValueError(f"state must have nheads, headdim and dstate > 0, got shape {tuple(state.shape)}")
     if not state.is_contiguous():
         raise ValueError("state must be contiguous: it is updated in place")
     check_tensor("x", x, shape=(b, h, p))
@@ -105,6 +106,8 @@ def ssd_step(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=Fa
     if backend == "auto" and broken is not None:
         backend = "reference"  # float64, or a dstate the kernel does not tile
     chosen = choose_backend("ssd_step", backend, device, SUPPORTED_BACKENDS)
+    if b == 0:  # no sequence to advance
+        return torch.empty_like(x)
     if chosen == "reference":
         y, new_state = reference_ssd_step(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
         state.copy_(new_state)

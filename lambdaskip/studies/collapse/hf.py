@@ -3,10 +3,12 @@ post-norm λ-skips for each λ (and, for Mamba-2, gating on and off), record μ 
 Rows of models without a gate (GPT-2, BERT, ALBERT) carry ``gating`` None."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import sys
+import warnings
 from dataclasses import asdict
 
 from lambdaskip.common import versions
@@ -21,18 +23,44 @@ def _one_line(err: Exception) -> str:
     return str(err).split(" Details:")[0].strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
+@contextlib.contextmanager
+def _hf_progress_bars(enabled: bool):
+    """transformers' and huggingface_hub's own progress bars ("Loading weights") off unless ``enabled``, for the
+    block; their previous state is restored after it."""
+    try:
+        import huggingface_hub.utils as hub
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # nothing to silence; loading the model reports the missing package
+        enabled = True
+    if enabled:
+        yield
+        return
+    was_on, hub_was_on = hf_logging.is_progress_bar_enabled(), not hub.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()  # transformers' bars and the hub's
+    try:
+        yield
+    finally:
+        if was_on:
+            with warnings.catch_warnings():  # HF_HUB_DISABLE_PROGRESS_BARS=1 keeps the hub's off, as before
+                warnings.simplefilter("ignore")
+                hf_logging.enable_progress_bar()
+            if not hub_was_on:
+                hub.disable_progress_bars()
+
+
 def run_hf_study(config: StudyConfig, model_path: str, out: str, overwrite: bool, progress: bool = True) -> dict:
     """Study the model at ``model_path`` (a directory or a locally cached name; never downloads) with
     ``config``'s λ values, seqlen, excerpts, seed and device. Writes results.csv, results.json and (with
     matplotlib) mu_per_layer.png into ``out`` (replaced whole) and returns the results dict. A path that is
-    not a supported model raises StudyError."""
+    not a supported model raises StudyError. ``progress=False`` also silences transformers' loading bars."""
     from tqdm.auto import tqdm
 
     check_out_dir(out, overwrite)
     texts = text_inputs.passages(text_inputs.read_text(config.text) if config.text else text_inputs.bundled_text())
     try:
-        model, ids, source = hf_collapse_inputs(model_path, texts, seqlen=config.seqlen, batch=config.excerpts,
-                                                seed=config.seeds[0], device=config.device)
+        with _hf_progress_bars(progress):
+            model, ids, source = hf_collapse_inputs(model_path, texts, seqlen=config.seqlen, batch=config.excerpts,
+                                                    seed=config.seeds[0], device=config.device)
     except (OSError, ImportError, ValueError, KeyError) as err:
         raise StudyError(f"--hf-model {model_path}: {_one_line(err)}") from None
     gated = model.config.model_type == "mamba2"

@@ -78,15 +78,16 @@ def passages(text: str) -> list[str]:
 
 
 def token_windows(text: str, encode: Callable[[str], list[int]], seqlen: int, count: int) -> torch.Tensor:
-    """Up to ``count`` non-overlapping windows of ``seqlen`` token ids.
+    """``count`` non-overlapping windows of ``seqlen`` token ids.
 
     Windows are taken round-robin: the first window of every passage, then the second ones, and so on,
     so distinct passages come first and one long passage still yields many windows.
 
     Returns:
-        (windows, seqlen) int64 with 1 ≤ windows ≤ count.
+        (count, seqlen) int64.
     Raises:
-        TextInputError: no passage has ``seqlen`` tokens.
+        TextInputError: no passage has ``seqlen`` tokens, or the text has fewer than ``count`` windows (never
+        a silently smaller batch; the message gives how many there are).
     """
     per_passage, longest = [], 0
     for passage in passages(text):
@@ -98,6 +99,10 @@ def token_windows(text: str, encode: Callable[[str], list[int]], seqlen: int, co
     if not windows:
         raise TextInputError(f"the text is shorter than the requested {seqlen} tokens per sequence: its longest "
                              f"passage (blocks split at blank lines) has {longest} tokens; lower --seqlen")
+    if len(windows) < count:
+        raise TextInputError(f"--excerpts {count} asks for more sequences than the text has: it gives "
+                             f"{len(windows)} windows of {seqlen} tokens (from {len(per_passage)} passages); "
+                             f"use --excerpts {len(windows)} or fewer, or a shorter --seqlen")
     return torch.tensor(windows[:count], dtype=torch.int64)
 
 
