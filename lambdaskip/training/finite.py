@@ -24,11 +24,13 @@ def check_loss(value: float, epoch: int, step: int) -> None:
 
 
 def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the floating tensors of ``state`` (a state dict) holding NaN or ±inf."""
+    """Names of the floating tensors of ``state`` (a state dict) holding NaN or ±inf. A tensor sharded by FSDP
+    (a DTensor) is checked on every rank's shard, combined over the ranks: all ranks call this together."""
     names = [name for name, t in state.items() if torch.is_tensor(t) and t.is_floating_point()]
     if not names:
         return []
-    finite = torch.stack([torch.isfinite(state[name]).all() for name in names]).tolist()
+    flags = [torch.isfinite(state[name]).all() for name in names]
+    finite = torch.stack([flag.full_tensor() if hasattr(flag, "full_tensor") else flag for flag in flags]).tolist()
     return [name for name, ok in zip(names, finite) if not ok]
 
 

@@ -65,13 +65,19 @@ class SequenceModel(nn.Module):
         return self.head(y)
 
     def lams(self) -> dict[str, float]:
-        """Every λ by name: ``"lam{k}"`` for block k's mixer skip, ``"lam{k}_mlp"`` for its MLP skip."""
+        """Every λ by name: ``"lam{k}"`` for block k's mixer skip, ``"lam{k}_mlp"`` for its MLP skip. A λ
+        sharded by FSDP (a DTensor) is gathered whole first: every rank calls this together."""
         out = {}
         for k, block in enumerate(self.stack.blocks):
-            out[f"lam{k}"] = block.skip.lam.item()
+            out[f"lam{k}"] = _whole(block.skip.lam).item()
             if block.mlp_skip is not None:
-                out[f"lam{k}_mlp"] = block.mlp_skip.lam.item()
+                out[f"lam{k}_mlp"] = _whole(block.mlp_skip.lam).item()
         return out
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, gathered from all ranks when it is a DTensor (duck-typed: importing DTensor takes seconds)."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def build_model(config, facts: dict) -> SequenceModel:
