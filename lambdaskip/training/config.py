@@ -24,7 +24,8 @@ class TrainConfig:
     ``out``, ``progress``, ``device``, ``threads`` (CPU threads of this process, 0 = PyTorch's default;
     1 is far faster for small models on a busy or small machine) and ``parallel`` (under torchrun: "ddp"
     replicates the model, "fsdp" shards it with FSDP2; one process without torchrun) do not change the result
-    beyond rounding and may differ when a run is resumed (within a checkpoint kind: FSDP's is sharded); every other field must match its checkpoint. ``position_std`` is the initial
+    beyond rounding and may differ when a run is resumed (the checkpoint's kind, sharded under FSDP, must
+    match); every other field must match its checkpoint. ``position_std`` is the initial
     scale of the learned positions; None: 1 for MQAR (the token embedding's scale: at 0.02 the positions are
     drowned under the tokens that a λ = 1 skip carries through every block, and λ = 1 stays on MQAR's
     plateau, as it needs a previous-token head), 0.02 for images (not re-measured). ``n_heads=`` and ``seq_len=`` are
