@@ -52,6 +52,12 @@ def setup_placement(config) -> Placement:
     return Placement(rank, world, where, fsdp=world > 1 and config.parallel == "fsdp")
 
 
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, gathered from all ranks when FSDP sharded it (a DTensor; every rank must call this
+    together), else itself. Duck-typed: importing DTensor takes seconds."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
 def all_sum(values: list[float], placement: Placement) -> list[float]:
     """``values`` summed over the ranks (float64)."""
     tensor = torch.tensor(values, dtype=torch.float64, device=placement.device)

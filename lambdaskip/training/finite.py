@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from lambdaskip.training.distributed import whole
+
 
 class TrainingDiverged(RuntimeError):
     """The run produced a non-finite value; its last good checkpoint is kept and it is not marked finished."""
@@ -29,8 +31,7 @@ def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
     names = [name for name, t in state.items() if torch.is_tensor(t) and t.is_floating_point()]
     if not names:
         return []
-    flags = [torch.isfinite(state[name]).all() for name in names]
-    finite = torch.stack([flag.full_tensor() if hasattr(flag, "full_tensor") else flag for flag in flags]).tolist()
+    finite = torch.stack([whole(torch.isfinite(state[name]).all()) for name in names]).tolist()
     return [name for name, ok in zip(names, finite) if not ok]
 
 

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from lambdaskip.modules import build_stack
+from lambdaskip.training.distributed import whole
 
 HEADS = ("token", "pooled")
 
@@ -69,15 +70,10 @@ class SequenceModel(nn.Module):
         sharded by FSDP (a DTensor) is gathered whole first: every rank calls this together."""
         out = {}
         for k, block in enumerate(self.stack.blocks):
-            out[f"lam{k}"] = _whole(block.skip.lam).item()
+            out[f"lam{k}"] = whole(block.skip.lam).item()
             if block.mlp_skip is not None:
-                out[f"lam{k}_mlp"] = _whole(block.mlp_skip.lam).item()
+                out[f"lam{k}_mlp"] = whole(block.mlp_skip.lam).item()
         return out
-
-
-def _whole(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor``, gathered from all ranks when it is a DTensor (duck-typed: importing DTensor takes seconds)."""
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def build_model(config, facts: dict) -> SequenceModel:
