@@ -1,11 +1,10 @@
 """The trainer: learning a tiny MQAR, exact resume, DDP (2 gloo processes) against one process, the CLI."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from torchrun_helpers import torchrun
 
 from lambdaskip.cli import main
 from lambdaskip.training import (CHECKPOINT, METRICS_CSV, METRICS_JSON, SUMMARY, SequenceModel, TrainConfig,
@@ -118,10 +117,7 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     args = ["--vocab-size", "16", "--seqlen", "16", "--num-pairs", "2", "--num-train", "256", "--num-test", "64",
             "--d-model", "32", "--batch-size", "32", "--lr", "3e-3", "--epochs", "2", "--threads", "1", "--quiet",
             "--learnable", "--lam", "-1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "lambdaskip", "train", "mqar", "--out", str(tmp_path / "ddp"), *args]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    done = torchrun("-m", "lambdaskip", "train", "mqar", "--out", str(tmp_path / "ddp"), *args)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / SUMMARY).read_text())
     assert summary["world_size"] == 2

@@ -123,7 +123,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from lambdaskip.training.distributed import leave_process_group
     completed, code = False, 0
     try:
-        config = config_from_args(args, out=args.out, lam=args.lam, learnable=args.learnable)
+        config = config_from_args(args, out=args.out, lam=args.lam, learnable=args.learnable, parallel=args.parallel)
         summary = train(config, resume=not args.no_resume)
         completed = True
     except (ValueError, OSError, ImportError, RuntimeError) as error:
@@ -149,12 +149,17 @@ def _end_rank(code: int) -> int:
 def add_train_subcommand(commands) -> None:
     """Register ``lambdaskip train`` on an argparse sub-parser collection."""
     parser = commands.add_parser("train", help="train one model on MQAR or image-sequence classification",
-                                 description="Train one λ-skip model; under torchrun it runs with DDP.")
+                                 description="Train one λ-skip model; under torchrun it runs with DDP or FSDP2 "
+                                             "(--parallel).")
     _add_model_and_task_arguments(parser)
     parser.add_argument("--lam", type=float, default=1.0, help="initial λ of every skip (default %(default)g)")
     parser.add_argument("--learnable", action="store_true", help="λ is a trainable parameter per skip")
     parser.add_argument("--out", required=True, help="run folder (checkpoint, metrics, summary)")
     parser.add_argument("--no-resume", action="store_true", help="fail instead of resuming an existing run")
+    parser.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp",
+                        help="under torchrun: ddp replicates the model on every rank, fsdp shards it per block "
+                             "(FSDP2) and writes a sharded checkpoint.dcp folder; one process without torchrun "
+                             "(default %(default)s)")
     parser.set_defaults(run=_run_train)
 
 

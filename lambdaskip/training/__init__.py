@@ -3,7 +3,8 @@
 - :mod:`.config`: :class:`TrainConfig`; :mod:`.data`: MQAR and image-sequence datasets;
 - :mod:`.model`: :class:`SequenceModel` and the model of a run; :mod:`.optim`: AdamW, schedule, data order;
 - :mod:`.loop`: :func:`train` (evaluation, μ telemetry, metrics files); :mod:`.checkpoint`: exact resume;
-- :mod:`.distributed`: one process or one rank under torchrun; :mod:`.sweep`: :func:`run_sweep`.
+- :mod:`.distributed`: one process or one rank under torchrun; :mod:`.sharded`: FSDP2 and its sharded
+  checkpoints; :mod:`.sweep`: :func:`run_sweep`.
 
 Library use: ``train(TrainConfig(task="mqar", arch="mamba2", out="runs/m"))``; functions take config
 objects, never command-line arguments.

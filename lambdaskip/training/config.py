@@ -11,7 +11,8 @@ from lambdaskip.training.data.mqar import MQARConfig
 
 TASKS = ("mqar", "image")
 # Fields that may differ between a run and its resumption (they change nothing that is computed).
-RESUMABLE_CHANGES = ("out", "progress", "device", "threads")
+RESUMABLE_CHANGES = ("out", "progress", "device", "threads", "parallel")
+PARALLEL = ("ddp", "fsdp")
 # Former field names, as older checkpoints and sweep records store them.
 RENAMED_FIELDS = {"n_heads": "nheads", "seq_len": "seqlen"}
 
@@ -20,9 +21,11 @@ RENAMED_FIELDS = {"n_heads": "nheads", "seq_len": "seqlen"}
 class TrainConfig:
     """Everything that defines a run. ``batch_size`` is the global batch over all ranks.
 
-    ``out``, ``progress``, ``device`` and ``threads`` (CPU threads of this process, 0 = PyTorch's default;
-    1 is far faster for small models on a busy or small machine) do not change the result and may differ
-    when a run is resumed; every other field must match its checkpoint. ``position_std`` is the initial
+    ``out``, ``progress``, ``device``, ``threads`` (CPU threads of this process, 0 = PyTorch's default;
+    1 is far faster for small models on a busy or small machine) and ``parallel`` (under torchrun: "ddp"
+    replicates the model, "fsdp" shards it with FSDP2; one process without torchrun) do not change the result
+    beyond rounding and may differ when a run is resumed (the checkpoint's kind, sharded under FSDP, must
+    match); every other field must match its checkpoint. ``position_std`` is the initial
     scale of the learned positions; None: 1 for MQAR (the token embedding's scale: at 0.02 the positions are
     drowned under the tokens that a λ = 1 skip carries through every block, and λ = 1 stays on MQAR's
     plateau, as it needs a previous-token head), 0.02 for images (not re-measured). ``n_heads=`` and ``seq_len=`` are
@@ -67,6 +70,7 @@ class TrainConfig:
     probe_batch: int = 8
     amp: bool = True
     device: str = "auto"
+    parallel: str = "ddp"
     threads: int = 0
     progress: bool = True
     # deprecated spellings
@@ -136,6 +140,8 @@ class TrainConfig:
             raise ValueError(f"d_state must be even for s4d, got {self.d_state}")
         if not isinstance(self.threads, int) or self.threads < 0:
             raise ValueError(f"threads must be a non-negative int (0: PyTorch's default), got {self.threads!r}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
 

@@ -1,8 +1,9 @@
-"""Where a training process runs: one process, or one rank of many under ``torchrun`` (DDP).
+"""Where a training process runs: one process, or one rank of many under ``torchrun`` (DDP or FSDP2).
 
 Under ``torchrun --nproc_per_node=N`` (``WORLD_SIZE`` > 1 in the environment) the run joins a process
-group (nccl on CUDA, gloo on CPU). ``batch_size`` is the global batch: every rank takes its own contiguous
-1/N of each global batch.
+group (nccl on CUDA, gloo on CPU) and replicates the model (``parallel="ddp"``) or shards it
+(``parallel="fsdp"``, see :mod:`lambdaskip.training.sharded`). ``batch_size`` is the global batch: every rank
+takes its own contiguous 1/N of each global batch. Without torchrun (or with one rank) it is one process.
 """
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ import torch.distributed as dist
 
 @dataclass
 class Placement:
-    """This process's rank, the number of ranks and its device."""
+    """This process's rank, the number of ranks, its device, and whether the model is sharded with FSDP2
+    (``parallel="fsdp"`` and more than one rank)."""
     rank: int
     world: int
     device: torch.device
+    fsdp: bool = False
 
     @property
     def main(self) -> bool:
@@ -29,8 +32,8 @@ class Placement:
 def setup_placement(config) -> Placement:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1) and pick this rank's device.
 
-    ``config`` (a :class:`~lambdaskip.training.TrainConfig`) gives ``device`` ("auto", "cpu" or "cuda") and
-    ``batch_size``, the global batch, which must divide evenly over the ranks.
+    ``config`` (a :class:`~lambdaskip.training.TrainConfig`) gives ``device`` ("auto", "cpu" or "cuda"),
+    ``parallel`` ("ddp" or "fsdp") and ``batch_size``, the global batch, which must divide evenly over the ranks.
     """
     device, batch_size = config.device, config.batch_size
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -46,7 +49,13 @@ def setup_placement(config) -> Placement:
     rank = dist.get_rank() if dist.is_initialized() else 0
     if batch_size % world:
         raise ValueError(f"batch_size={batch_size} (global) must be divisible by the {world} ranks")
-    return Placement(rank, world, where)
+    return Placement(rank, world, where, fsdp=world > 1 and config.parallel == "fsdp")
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, gathered from all ranks when FSDP sharded it (a DTensor; every rank must call this
+    together), else itself. Duck-typed: importing DTensor takes seconds."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
 def all_sum(values: list[float], placement: Placement) -> list[float]:

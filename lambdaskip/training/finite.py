@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from lambdaskip.training.distributed import whole
+
 
 class TrainingDiverged(RuntimeError):
     """The run produced a non-finite value; its last good checkpoint is kept and it is not marked finished."""
@@ -24,11 +26,12 @@ def check_loss(value: float, epoch: int, step: int) -> None:
 
 
 def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the floating tensors of ``state`` (a state dict) holding NaN or ±inf."""
+    """Names of the floating tensors of ``state`` (a state dict) holding NaN or ±inf. A tensor sharded by FSDP
+    (a DTensor) is checked on every rank's shard, combined over the ranks: all ranks call this together."""
     names = [name for name, t in state.items() if torch.is_tensor(t) and t.is_floating_point()]
     if not names:
         return []
-    finite = torch.stack([torch.isfinite(state[name]).all() for name in names]).tolist()
+    finite = torch.stack([whole(torch.isfinite(state[name]).all()) for name in names]).tolist()
     return [name for name, ok in zip(names, finite) if not ok]
 
 

@@ -20,12 +20,13 @@ restarted from its checkpoint after epoch e replays the same batches, optimizer 
 ends with the same weights as an uninterrupted run.
 
 Distributed: under ``torchrun --nproc_per_node=N`` (``WORLD_SIZE`` > 1 in the environment) the run
-joins a process group (nccl on CUDA, gloo on CPU) and wraps the model in DistributedDataParallel.
+joins a process group (nccl on CUDA, gloo on CPU) and wraps the model in DistributedDataParallel (or shards
+it with FSDP2 and writes ``checkpoint.dcp``: :mod:`lambdaskip.training.sharded`).
 ``batch_size`` is the global batch: every rank takes its own contiguous 1/N of each global batch, and
 DDP averages gradients, which equals the single-process gradient because every example carries the same
 number of labels (MQAR: ``num_pairs``; classification: 1). Parameters, λ included, stay identical on all
 ranks since DDP applies the same averaged gradient everywhere. Evaluation is sharded and summed with
-``all_reduce``; rank 0 writes the files.
+``all_reduce``, training μ averaged over the ranks; rank 0 writes the files.
 """
 from __future__ import annotations
 
@@ -42,15 +43,17 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from lambdaskip.common import atomic_write, output_lock, staged_folder, versions
+from lambdaskip.common import atomic_write, output_lock, versions
 from lambdaskip.metrics import CollapseProbe
-from lambdaskip.training.checkpoint import CHECKPOINT, check_resumable, load_checkpoint, save_checkpoint
+from lambdaskip.training.checkpoint import check_resumable
 from lambdaskip.training.config import TrainConfig
 from lambdaskip.training.data import IGNORE_INDEX, load_data
 from lambdaskip.training.distributed import Placement, all_gather_rows, all_sum, setup_placement
 from lambdaskip.training.finite import check_loss, check_model, check_row
 from lambdaskip.training.model import SequenceModel, build_model
 from lambdaskip.training.optim import WarmupCosine, build_optimizer, epoch_order
+from lambdaskip.training.sharded import (load_run_checkpoint, load_run_weights, run_checkpoint, run_folder,
+                                         save_run_checkpoint, shard_model)
 
 METRICS_CSV, METRICS_JSON, SUMMARY = "metrics.csv", "metrics.json", "summary.json"
 
@@ -69,15 +72,19 @@ def _loss_and_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset, config: TrainConfig, placement: Placement) -> tuple[float, float]:
     """(mean loss, accuracy) over labelled positions of ``dataset``, each rank evaluating every world-th
-    example and the sums combined with all_reduce."""
+    example and the sums combined with all_reduce (under FSDP, where a forward is collective, a rank with a
+    batch fewer runs one discarded forward on one example)."""
     model.eval()
     tokens, labels = (t[placement.rank::placement.world] for t in dataset.tensors)
     loss_sum = hits = count = 0.0
-    for start in range(0, len(tokens), config.eval_batch_size):
+    largest = -(-len(dataset) // placement.world) if placement.fsdp else len(tokens)  # rows on the largest shard
+    for start in range(0, largest, config.eval_batch_size):
         x = tokens[start:start + config.eval_batch_size].to(placement.device)
         y = labels[start:start + config.eval_batch_size].to(placement.device)
         with _autocast(config, placement):
-            logits = model(x)
+            logits = model(x if len(x) else tokens[:1].to(placement.device))
+        if not len(x):
+            continue
         loss, batch_hits, batch_count = _loss_and_hits(logits, y)
         loss_sum, hits, count = loss_sum + float(loss) * batch_count, hits + batch_hits, count + batch_count
     loss_sum, hits, count = all_sum([loss_sum, hits, count], placement)
@@ -99,7 +106,8 @@ class TrainingMu:
     """μ of every block's output during the training steps themselves, from the λ-skips' telemetry
     (:attr:`lambdaskip.modules.LambdaSkip.track_mu`: on CUDA the fused λ-norm kernel computes μ in the same
     pass as the norm, so logging costs almost nothing). Raw μ, averaged over the sequences of each step and
-    over the epoch's steps; under DDP each rank sees its own shard (the main rank's values are logged)."""
+    over the epoch's steps; under DDP or FSDP each rank sees its own slice of the batch, and the epoch's
+    values are averaged over the ranks (the global mean: the slices are equal)."""
 
     def __init__(self, model: SequenceModel, device: torch.device):
         self.skips = [block.mlp_skip or block.skip for block in model.stack.blocks]
@@ -113,9 +121,12 @@ class TrainingMu:
         self.sums += torch.stack([skip.last_mu.double().mean() for skip in self.skips])
         self.steps += 1
 
-    def epoch_row(self) -> dict[str, float]:
-        """``{"train_mu1": ..., "train_mu<depth>": ...}`` for the epoch so far, then reset."""
+    def epoch_row(self, placement: Placement | None = None) -> dict[str, float]:
+        """``{"train_mu1": ..., "train_mu<depth>": ...}`` for the epoch so far (the mean over ranks under
+        ``placement``), then reset."""
         means = (self.sums / max(self.steps, 1)).tolist()
+        if placement is not None and placement.world > 1:
+            means = [value / placement.world for value in all_sum(means, placement)]
         self.sums.zero_()
         self.steps = 0
         return {f"train_mu{k}": v for k, v in enumerate(means, start=1)}
@@ -162,16 +173,18 @@ def train(config: TrainConfig, *, resume: bool = True, stop_after: int | None = 
 
 def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: int | None) -> dict:
     out = Path(config.out)
-    checkpoint_path = out / CHECKPOINT
+    checkpoint_path, exists = run_checkpoint(out, placement)
     checkpoint = None
-    if checkpoint_path.exists():
+    if exists:
         if not resume:
             raise ValueError(f"{checkpoint_path} exists: resume it, or choose another --out")
-        checkpoint = load_checkpoint(checkpoint_path)
+        checkpoint = load_run_checkpoint(checkpoint_path, placement)
         check_resumable(checkpoint["config"], config)
 
     data, facts = load_data(config)
     model = build_model(config, facts).to(placement.device)
+    if placement.fsdp:
+        shard_model(model, placement, config.amp)
     optimizer = build_optimizer(model, config)
     steps_per_epoch = len(data["train"]) // config.batch_size
     if steps_per_epoch == 0:
@@ -182,8 +195,7 @@ def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: 
     history: list[dict] = []
     start_epoch, finished = 0, False
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        load_run_weights(checkpoint, checkpoint_path, model, optimizer, placement)
         scheduler.load_state_dict(checkpoint["scheduler"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if placement.device.type == "cuda" and checkpoint["rng"]["cuda"].numel():
@@ -193,7 +205,7 @@ def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: 
         if placement.main and not finished:
             print(f"resuming from epoch {start_epoch} ({checkpoint_path})", file=sys.stderr, flush=True)
     wrapped = model
-    if placement.world > 1:
+    if placement.world > 1 and not placement.fsdp:
         wrapped = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[placement.device.index] if placement.device.type == "cuda" else None,
             broadcast_buffers=False)  # the only buffers are fixed λ values, identical from construction
@@ -243,19 +255,18 @@ def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: 
         row["seconds"] = time.perf_counter() - began
         row.update(model.lams())
         row.update({f"mu{k}": v for k, v in enumerate(probe_mu(model, data["eval"], config, placement))})
-        row.update(training_mu.epoch_row())
+        row.update(training_mu.epoch_row(placement))
         check_row(row, f"after epoch {epoch + 1}")
         check_model(model, f"after epoch {epoch + 1}")
         history.append(row)
         epochs_run += 1
         finished = (epoch + 1 == config.epochs) or (config.target_acc is not None and eval_acc >= config.target_acc)
-        if placement.main:
-            with contextlib.nullcontext(str(out)) if out.is_dir() else staged_folder(out) as folder:
-                save_checkpoint(Path(folder) / CHECKPOINT, model, optimizer, scheduler, epoch + 1, history, config,
-                                finished, placement.device)
-                _write_metrics(Path(folder), history, meta)
-            if config.progress:
-                print(_describe(row), flush=True)
+        with run_folder(out, placement) as folder:
+            save_run_checkpoint(folder, model, optimizer, scheduler, epoch + 1, history, config, finished, placement)
+            if placement.main:
+                _write_metrics(folder, history, meta)
+        if placement.main and config.progress:
+            print(_describe(row), flush=True)
         if placement.world > 1:
             dist.barrier()
     summary = {**meta, "rank": placement.rank, "lams_by_rank": _lams_by_rank(model, placement),

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from lambdaskip.modules import build_stack
+from lambdaskip.training.distributed import whole
 
 HEADS = ("token", "pooled")
 
@@ -65,12 +66,13 @@ class SequenceModel(nn.Module):
         return self.head(y)
 
     def lams(self) -> dict[str, float]:
-        """Every λ by name: ``"lam{k}"`` for block k's mixer skip, ``"lam{k}_mlp"`` for its MLP skip."""
+        """Every λ by name: ``"lam{k}"`` for block k's mixer skip, ``"lam{k}_mlp"`` for its MLP skip. A λ
+        sharded by FSDP (a DTensor) is gathered whole first: every rank calls this together."""
         out = {}
         for k, block in enumerate(self.stack.blocks):
-            out[f"lam{k}"] = block.skip.lam.item()
+            out[f"lam{k}"] = whole(block.skip.lam).item()
             if block.mlp_skip is not None:
-                out[f"lam{k}_mlp"] = block.mlp_skip.lam.item()
+                out[f"lam{k}_mlp"] = whole(block.mlp_skip.lam).item()
         return out
 
 
