@@ -51,6 +51,7 @@ from lambdaskip.training.distributed import Placement, all_gather_rows, all_sum,
 from lambdaskip.training.finite import check_loss, check_model, check_row
 from lambdaskip.training.model import SequenceModel, build_model
 from lambdaskip.training.optim import WarmupCosine, build_optimizer, epoch_order
+from lambdaskip.training.tensorboard_log import TensorBoardLog, require_tensorboard
 
 METRICS_CSV, METRICS_JSON, SUMMARY = "metrics.csv", "metrics.json", "summary.json"
 
@@ -106,11 +107,13 @@ class TrainingMu:
         for skip in self.skips:
             skip.track_mu = True
         self.sums = torch.zeros(len(self.skips), dtype=torch.float64, device=device)
+        self.last = torch.zeros_like(self.sums)
         self.steps = 0
 
     def record_step(self) -> None:
-        """Add the last forward's μ (kept on the device: no synchronisation per step)."""
-        self.sums += torch.stack([skip.last_mu.double().mean() for skip in self.skips])
+        """Add the last forward's μ, also kept as :attr:`last` (on the device: no synchronisation per step)."""
+        self.last = torch.stack([skip.last_mu.double().mean() for skip in self.skips])
+        self.sums += self.last
         self.steps += 1
 
     def epoch_row(self) -> dict[str, float]:
@@ -153,6 +156,8 @@ def train(config: TrainConfig, *, resume: bool = True, stop_after: int | None = 
         the summary dict (also written to ``out/summary.json`` when the run has ended).
     """
     config.validate()
+    if config.tensorboard:  # before any work: a missing extra is a one-line hint, not a late traceback
+        require_tensorboard()
     if config.threads:
         torch.set_num_threads(config.threads)
     placement = setup_placement(config)
@@ -204,6 +209,7 @@ def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: 
     tokens, labels = data["train"].tensors
     per_rank = config.batch_size // placement.world
     training_mu = TrainingMu(model, placement.device)
+    board = TensorBoardLog(config.tensorboard) if config.tensorboard and placement.main else None
     epochs_run = 0
     while not finished and start_epoch + epochs_run < config.epochs:
         if stop_after is not None and epochs_run >= stop_after:
@@ -219,7 +225,7 @@ def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: 
             with _autocast(config, placement):
                 logits = wrapped(x)
             training_mu.record_step()
-            loss, _, _ = _loss_and_hits(logits, y)
+            loss, hits, count = _loss_and_hits(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.clip_grad > 0:
@@ -229,6 +235,9 @@ def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: 
             value = loss.item()  # the loop's one synchronisation per step, where it always was; the check reuses it
             check_loss(value, epoch + 1, step + 1)  # a bad step is never saved: the last checkpoint stays good
             loss_sum += value
+            if board is not None:
+                board.step(epoch * steps_per_epoch + step + 1, value, hits / count, scheduler.get_last_lr()[0],
+                           model.lams(), training_mu.last.tolist())
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.3f}", refresh=False)
@@ -247,6 +256,8 @@ def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: 
         check_row(row, f"after epoch {epoch + 1}")
         check_model(model, f"after epoch {epoch + 1}")
         history.append(row)
+        if board is not None:
+            board.epoch(row)
         epochs_run += 1
         finished = (epoch + 1 == config.epochs) or (config.target_acc is not None and eval_acc >= config.target_acc)
         if placement.main:
@@ -258,6 +269,8 @@ def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: 
                 print(_describe(row), flush=True)
         if placement.world > 1:
             dist.barrier()
+    if board is not None:
+        board.close()
     summary = {**meta, "rank": placement.rank, "lams_by_rank": _lams_by_rank(model, placement),
                "finished": finished, "epochs_done": len(history), "history": history,
                "final": history[-1] if history else None,
