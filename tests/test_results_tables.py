@@ -20,6 +20,7 @@ def _load(path: str):
 
 report = _load("bench/report.py")
 collapse_tables = _load("docs/collapse_tables.py")
+deep_training = _load("docs/deep_training.py")
 
 
 def test_committed_benchmark_tables_are_generated():
@@ -30,6 +31,11 @@ def test_committed_benchmark_tables_are_generated():
 def test_committed_collapse_tables_are_generated():
     diffs = collapse_tables.check()
     assert not diffs, "regenerate with `python docs/collapse_tables.py`:\n" + "".join(diffs)
+
+
+def test_committed_deep_training_tables_are_generated():
+    diffs = deep_training.check()
+    assert not diffs, "regenerate with `python docs/deep_training.py`:\n" + "".join(diffs)
 
 
 def _first_number_row(text: str, begin: str) -> str:
