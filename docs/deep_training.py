@@ -3,7 +3,7 @@
     lambdaskip train image … --out <run>          # each command in RUNS; then copy <run>/metrics.json to
                                                   # docs/results/deep_training/<name>/metrics.json
     python docs/deep_training.py                  # rewrite the CSVs, the PNGs and the README's marked block
-    python docs/deep_training.py --check          # exit 1 if the README's block differs (no files written)
+    python docs/deep_training.py --check          # exit 1 if the README's block or a CSV differs
 
 Only metrics.json is read: the trainer's own record (configuration, versions, one row per epoch with every λ,
 the probe's normalised μ at the input and after every block, and the training steps' mean μ per block).
@@ -131,22 +131,26 @@ def generate(text: str, records: dict[str, dict]) -> str:
 
 
 def check(results: Path = RESULTS, doc: Path = DOC) -> list[str]:
-    """A unified diff if the committed README's block differs from the generated one (else empty)."""
-    committed = doc.read_text()
-    generated = generate(committed, load(results))
-    if committed == generated:
-        return []
-    return ["".join(difflib.unified_diff(committed.splitlines(True), generated.splitlines(True),
-                                         f"{doc} (committed)", f"{doc} (generated)"))]
+    """A unified diff per file (the README's block, the two CSVs) that differs from what is generated."""
+    records = load(results)
+    expected = {doc: generate(doc.read_text(), records), results / "mu_per_layer.csv": _csv(mu_rows(records)),
+                results / "lambda_per_layer.csv": _csv(lambda_rows(records))}
+    diffs = []
+    for path, generated in expected.items():
+        committed = path.read_text()
+        if committed != generated:
+            diffs.append("".join(difflib.unified_diff(committed.splitlines(True), generated.splitlines(True),
+                                                      f"{path} (committed)", f"{path} (generated)")))
+    return diffs
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the README's table differs")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README's table or a CSV differs")
     args = parser.parse_args(argv)
     if args.check:
         diffs = check()
-        sys.stdout.write("".join(diffs) or f"{DOC} matches its results\n")
+        sys.stdout.write("".join(diffs) or f"{RESULTS} matches its runs\n")
         return 1 if diffs else 0
     records = load()
     (RESULTS / "mu_per_layer.csv").write_text(_csv(mu_rows(records)))

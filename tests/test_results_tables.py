@@ -62,6 +62,15 @@ def test_a_number_edited_by_hand_is_caught(tmp_path, which):
         assert collapse_tables.check(collapse_tables.RESULTS, doc)
 
 
+def test_a_deep_training_number_edited_by_hand_is_caught(tmp_path):
+    readme = tmp_path / "README.md"
+    shutil.copy(deep_training.DOC, readme)
+    row = next(line for line in readme.read_text().splitlines() if line.startswith("| learnable | "))
+    readme.write_text(readme.read_text().replace(row, row.replace("0.", "1.", 1)))
+    diffs = deep_training.check(deep_training.RESULTS, readme)
+    assert len(diffs) == 1 and "README.md (committed)" in diffs[0]
+
+
 def test_readme_rows_compare_ours_with_others_in_the_same_group():
     """Every README row names an implementation of ours, and its comparisons come from its own group."""
     for folder, group, impl, _ in report.README_ROWS:
