@@ -18,9 +18,11 @@ STEPS = 4  # 256 / 64 per epoch
 class RecordingWriter:
     """Stands in for SummaryWriter: every add_scalar of every writer, by log_dir."""
     logged: dict = {}
+    purges: list = []
 
-    def __init__(self, log_dir):
+    def __init__(self, log_dir, purge_step=None):
         self.scalars = self.logged.setdefault(log_dir, defaultdict(dict))
+        self.purges.append((log_dir, purge_step))
         self.closed = False
 
     def add_scalar(self, tag, value, step):
@@ -58,9 +60,12 @@ def _check_run(scalars: dict, profiles: dict, history: list[dict], depth: int) -
 def test_run_logs_loss_accuracy_every_lambda_and_mu_per_layer(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "require_tensorboard", lambda: None)
     monkeypatch.setattr(tensorboard_log, "summary_writer", RecordingWriter)
-    RecordingWriter.logged = {}
+    RecordingWriter.logged, RecordingWriter.purges = {}, []
     board = tmp_path / "tb"
-    train(TrainConfig(out=str(tmp_path / "run"), tensorboard=str(board), **TINY))
+    config = TrainConfig(out=str(tmp_path / "run"), tensorboard=str(board), **TINY)
+    train(config, stop_after=1)
+    train(config)  # resumed after epoch 1: TensorBoard is told to drop anything logged past it
+    assert [purge for folder, purge in RecordingWriter.purges if folder == str(board)] == [None, STEPS + 1]
     history = json.loads((tmp_path / "run" / METRICS_JSON).read_text())["history"]
     scalars = RecordingWriter.logged[str(board)]
     profiles = {name.rsplit("/", 1)[1]: tags for name, tags in RecordingWriter.logged.items() if name != str(board)}

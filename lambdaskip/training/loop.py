@@ -209,7 +209,7 @@ def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: 
     tokens, labels = data["train"].tensors
     per_rank = config.batch_size // placement.world
     training_mu = TrainingMu(model, placement.device)
-    board = TensorBoardLog(config.tensorboard) if config.tensorboard and placement.main else None
+    board = placement.main and config.tensorboard and TensorBoardLog(config.tensorboard, start_epoch * steps_per_epoch)
     epochs_run = 0
     while not finished and start_epoch + epochs_run < config.epochs:
         if stop_after is not None and epochs_run >= stop_after:
@@ -235,7 +235,7 @@ def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: 
             value = loss.item()  # the loop's one synchronisation per step, where it always was; the check reuses it
             check_loss(value, epoch + 1, step + 1)  # a bad step is never saved: the last checkpoint stays good
             loss_sum += value
-            if board is not None:
+            if board:
                 board.step(epoch * steps_per_epoch + step + 1, value, hits / count, scheduler.get_last_lr()[0],
                            model.lams(), training_mu.last.tolist())
             if bar is not None:
@@ -256,7 +256,7 @@ def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: 
         check_row(row, f"after epoch {epoch + 1}")
         check_model(model, f"after epoch {epoch + 1}")
         history.append(row)
-        if board is not None:
+        if board:
             board.epoch(row)
         epochs_run += 1
         finished = (epoch + 1 == config.epochs) or (config.target_acc is not None and eval_acc >= config.target_acc)
@@ -269,7 +269,7 @@ def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: 
                 print(_describe(row), flush=True)
         if placement.world > 1:
             dist.barrier()
-    if board is not None:
+    if board:
         board.close()
     summary = {**meta, "rank": placement.rank, "lams_by_rank": _lams_by_rank(model, placement),
                "finished": finished, "epochs_done": len(history), "history": history,

@@ -31,11 +31,11 @@ def require_tensorboard() -> None:
         raise ImportError(HINT)
 
 
-def summary_writer(log_dir: str):
-    """``torch.utils.tensorboard.SummaryWriter(log_dir)``, or ImportError with the install hint."""
+def summary_writer(log_dir: str, purge_step: int | None = None):
+    """``torch.utils.tensorboard.SummaryWriter(log_dir, purge_step=…)``, or ImportError with the install hint."""
     require_tensorboard()
     from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(log_dir=log_dir)
+    return SummaryWriter(log_dir=log_dir, purge_step=purge_step)
 
 
 class TensorBoardLog:
@@ -43,13 +43,15 @@ class TensorBoardLog:
 
     Args:
         log_dir: the TensorBoard run folder (created by the writer).
-        writer_factory: ``log_dir -> writer`` with ``add_scalar(tag, value, step)``, ``flush()`` and
-            ``close()``; None: :func:`summary_writer` (tests pass a recording fake).
+        resumed_at: the global step a resumed run restarts after (0: a new run); TensorBoard drops what an
+            interrupted run had logged past it (``purge_step``), so a replayed step is not drawn twice.
+        writer_factory: ``(log_dir, purge_step) -> writer`` with ``add_scalar(tag, value, step)``,
+            ``flush()`` and ``close()``; None: :func:`summary_writer` (tests pass a recording fake).
     """
 
-    def __init__(self, log_dir: str, writer_factory: Callable[[str], object] | None = None):
+    def __init__(self, log_dir: str, resumed_at: int = 0, writer_factory: Callable[..., object] | None = None):
         self.log_dir, self.factory = Path(log_dir), writer_factory or summary_writer
-        self.writer = self.factory(str(self.log_dir))
+        self.writer = self.factory(str(self.log_dir), purge_step=resumed_at + 1 if resumed_at else None)
 
     def step(self, step: int, loss: float, acc: float, lr: float, lams: dict[str, float],
              mus: Sequence[float]) -> None:
