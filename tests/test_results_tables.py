@@ -62,6 +62,13 @@ def test_a_number_edited_by_hand_is_caught(tmp_path, which):
         assert collapse_tables.check(collapse_tables.RESULTS, doc)
 
 
+def test_mu_overhead_readme_is_rendered_from_its_json():
+    mu_overhead = _load("bench/mu_overhead.py")
+    folder = ROOT / "bench" / "results" / "cpu-mu-overhead"
+    assert (folder / "README.md").read_text() == mu_overhead.render(json.loads((folder / "result.json").read_text())), \
+        "regenerate with `python bench/mu_overhead.py --render bench/results/cpu-mu-overhead`"
+
+
 def test_a_deep_training_number_edited_by_hand_is_caught(tmp_path):
     readme = tmp_path / "README.md"
     shutil.copy(deep_training.DOC, readme)
