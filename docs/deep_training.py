@@ -30,9 +30,15 @@ THRESHOLD = 1e-2  # collapsed@: the first layer below it, as in `lambdaskip coll
 
 
 def load(results: Path = RESULTS) -> dict[str, dict]:
-    """Each committed run's metrics.json, by name (runs not committed are left out)."""
-    return {name: json.loads((results / name / "metrics.json").read_text())
-            for name in RUNS if (results / name / "metrics.json").exists()}
+    """Each committed run's metrics.json, by name (runs not committed are left out), with its time.json (CPU
+    time and peak memory of the command, measured outside it) under ``"time"`` where there is one."""
+    records = {}
+    for name in RUNS:
+        if (results / name / "metrics.json").exists():
+            records[name] = json.loads((results / name / "metrics.json").read_text())
+            if (results / name / "time.json").exists():
+                records[name]["time"] = json.loads((results / name / "time.json").read_text())
+    return records
 
 
 def _depth(record: dict) -> int:
@@ -72,9 +78,12 @@ def table(records: dict[str, dict]) -> str:
               "Accuracies over the 150 evaluation / 300 test images (chance: 0.1).", ""]
     for name, record in records.items():
         v, seconds = record["versions"], sum(row["seconds"] for row in record["history"])
+        timed = record.get("time")
+        cost = (f"{timed['cpu_seconds'] / 60:.1f} min of CPU time, peak resident memory {timed['peak_rss_mb']} MB "
+                f"({timed['measured_with']}), " if timed else "")
         lines.append(f"- `{name}`: `{RUNS[name]}`; {len(record['history'])} of {record['config']['epochs']} epochs "
-                     f"recorded, {seconds / 60:.0f} min of wall time on the shared CPU; lambdaskip {v['lambdaskip']}, "
-                     f"torch {v['torch']}, python {v['python']}.")
+                     f"recorded, {cost}{seconds / 60:.0f} min of wall time on the shared CPU; lambdaskip "
+                     f"{v['lambdaskip']}, torch {v['torch']}, python {v['python']}.")
     return "\n".join(lines)
 
 
