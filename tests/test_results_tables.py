@@ -20,6 +20,7 @@ def _load(path: str):
 
 report = _load("bench/report.py")
 collapse_tables = _load("docs/collapse_tables.py")
+deep_training = _load("docs/deep_training.py")
 
 
 def test_committed_benchmark_tables_are_generated():
@@ -32,13 +33,18 @@ def test_committed_collapse_tables_are_generated():
     assert not diffs, "regenerate with `python docs/collapse_tables.py`:\n" + "".join(diffs)
 
 
+def test_committed_deep_training_tables_are_generated():
+    diffs = deep_training.check()
+    assert not diffs, "regenerate with `python docs/deep_training.py`:\n" + "".join(diffs)
+
+
 def _first_number_row(text: str, begin: str) -> str:
     table = text[text.index(begin):]
     return next(line for line in table.splitlines() if line.startswith("| ") and any(c.isdigit() for c in line)
                 and "---" not in line and not line.startswith("| what") and not line.startswith("| variant"))
 
 
-@pytest.mark.parametrize("which", ["readme", "collapse"])
+@pytest.mark.parametrize("which", ["readme", "collapse", "deep"])
 def test_a_number_edited_by_hand_is_caught(tmp_path, which):
     if which == "readme":
         readme = tmp_path / "README.md"
@@ -51,9 +57,25 @@ def test_a_number_edited_by_hand_is_caught(tmp_path, which):
     else:
         doc = tmp_path / "collapse.md"
         shutil.copy(collapse_tables.DOC, doc)
-        row = _first_number_row(doc.read_text(), collapse_tables.begin("default"))
+        row = _first_number_row(doc.read_text(), collapse_tables.begin(which if which == "deep" else "default"))
         doc.write_text(doc.read_text().replace(row, row.replace("0.", "1.", 1)))
         assert collapse_tables.check(collapse_tables.RESULTS, doc)
+
+
+def test_mu_overhead_readme_is_rendered_from_its_json():
+    mu_overhead = _load("bench/mu_overhead.py")
+    folder = ROOT / "bench" / "results" / "cpu-mu-overhead"
+    assert (folder / "README.md").read_text() == mu_overhead.render(json.loads((folder / "result.json").read_text())), \
+        "regenerate with `python bench/mu_overhead.py --render bench/results/cpu-mu-overhead`"
+
+
+def test_a_deep_training_number_edited_by_hand_is_caught(tmp_path):
+    readme = tmp_path / "README.md"
+    shutil.copy(deep_training.DOC, readme)
+    row = next(line for line in readme.read_text().splitlines() if line.startswith("| learnable | "))
+    readme.write_text(readme.read_text().replace(row, row.replace("0.", "1.", 1)))
+    diffs = deep_training.check(deep_training.RESULTS, readme)
+    assert len(diffs) == 1 and "README.md (committed)" in diffs[0]
 
 
 def test_readme_rows_compare_ours_with_others_in_the_same_group():

@@ -47,6 +47,8 @@ _FIELDS = [
                        "(default 0)"),
     ("--checkpoint", _checkpoint_arg, "activation checkpointing: 'block' (every block) or K (every K blocks), "
                                       "recomputed in the backward; for deep stacks (default none)"),
+    ("--tensorboard", str, "folder for live TensorBoard logs: loss, accuracy, every λ and per-layer μ per step, "
+                           "μ's depth profile per epoch (needs the [tb] extra; default none)"),
 ]
 _MQAR_FIELDS = [
     ("--vocab-size", int, "vocabulary; keys from the lower half, values from the upper (default 128)"),

@@ -13,7 +13,8 @@ from lambdaskip.training.checkpoint import CHECKPOINT, CorruptCheckpoint, load_c
 from lambdaskip.training.config import TASKS, TrainConfig
 from lambdaskip.training.data import load_data
 from lambdaskip.training.finite import TrainingDiverged
-from lambdaskip.training.loop import METRICS_CSV, METRICS_JSON, SUMMARY, TrainingMu, evaluate, probe_mu, train
+from lambdaskip.training.loop import METRICS_CSV, METRICS_JSON, SUMMARY, train
+from lambdaskip.training.measure import TrainingMu, evaluate, probe_mu
 from lambdaskip.training.model import SequenceModel, build_model
 from lambdaskip.training.optim import WarmupCosine, build_optimizer, epoch_order
 from lambdaskip.training.sweep import SweepConfig, run_sweep

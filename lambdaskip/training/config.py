@@ -11,7 +11,7 @@ from lambdaskip.training.data.mqar import MQARConfig
 
 TASKS = ("mqar", "image")
 # Fields that may differ between a run and its resumption (they change nothing that is computed).
-RESUMABLE_CHANGES = ("out", "progress", "device", "threads", "parallel")
+RESUMABLE_CHANGES = ("out", "progress", "device", "threads", "parallel", "tensorboard")
 PARALLEL = ("ddp", "fsdp")
 # Former field names, as older checkpoints and sweep records store them.
 RENAMED_FIELDS = {"n_heads": "nheads", "seq_len": "seqlen"}
@@ -22,10 +22,11 @@ class TrainConfig:
     """Everything that defines a run. ``batch_size`` is the global batch over all ranks.
 
     ``out``, ``progress``, ``device``, ``threads`` (CPU threads of this process, 0 = PyTorch's default;
-    1 is far faster for small models on a busy or small machine) and ``parallel`` (under torchrun: "ddp"
-    replicates the model, "fsdp" shards it with FSDP2; one process without torchrun) do not change the result
-    beyond rounding and may differ when a run is resumed (the checkpoint's kind, sharded under FSDP, must
-    match); every other field must match its checkpoint. ``position_std`` is the initial
+    1 is far faster for small models on a busy or small machine), ``tensorboard`` (a folder for live
+    TensorBoard scalars, see :mod:`~lambdaskip.training.tensorboard_log`) and ``parallel`` (under torchrun:
+    "ddp" replicates the model, "fsdp" shards it with FSDP2; one process without torchrun) do not change the
+    result beyond rounding and may differ when a run is resumed (the checkpoint's kind, sharded under FSDP,
+    must match); every other field must match its checkpoint. ``position_std`` is the initial
     scale of the learned positions; None: 1 for MQAR (the token embedding's scale: at 0.02 the positions are
     drowned under the tokens that a λ = 1 skip carries through every block, and λ = 1 stays on MQAR's
     plateau, as it needs a previous-token head), 0.02 for images (not re-measured). ``n_heads=`` and ``seq_len=`` are
@@ -73,6 +74,7 @@ class TrainConfig:
     parallel: str = "ddp"
     threads: int = 0
     progress: bool = True
+    tensorboard: str | None = None  # a folder: live TensorBoard scalars (tensorboard_log.py; extra [tb])
     # deprecated spellings
     n_heads: InitVar[int | None] = None
     seq_len: InitVar[int | None] = None

@@ -41,101 +41,21 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from lambdaskip.common import atomic_write, output_lock, versions
-from lambdaskip.metrics import CollapseProbe
 from lambdaskip.training.checkpoint import check_resumable
 from lambdaskip.training.config import TrainConfig
-from lambdaskip.training.data import IGNORE_INDEX, load_data
+from lambdaskip.training.data import load_data
 from lambdaskip.training.distributed import Placement, all_gather_rows, all_sum, setup_placement
 from lambdaskip.training.finite import check_loss, check_model, check_row
+from lambdaskip.training.measure import TrainingMu, autocast, evaluate, loss_and_hits, probe_mu
 from lambdaskip.training.model import SequenceModel, build_model
 from lambdaskip.training.optim import WarmupCosine, build_optimizer, epoch_order
 from lambdaskip.training.sharded import (load_run_checkpoint, load_run_weights, run_checkpoint, run_folder,
                                          save_run_checkpoint, shard_model)
+from lambdaskip.training.tensorboard_log import TensorBoardLog, require_tensorboard
 
 METRICS_CSV, METRICS_JSON, SUMMARY = "metrics.csv", "metrics.json", "summary.json"
-
-
-# ----------------------------------------------------------------------------------------------------------
-# evaluation and logging
-
-def _loss_and_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """(mean cross-entropy over labelled positions, correct predictions, labelled positions)."""
-    logits, labels = logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1)
-    loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
-    mask = labels != IGNORE_INDEX
-    return loss, int((logits.argmax(-1)[mask] == labels[mask]).sum()), int(mask.sum())
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset, config: TrainConfig, placement: Placement) -> tuple[float, float]:
-    """(mean loss, accuracy) over labelled positions of ``dataset``, each rank evaluating every world-th
-    example and the sums combined with all_reduce (under FSDP, where a forward is collective, a rank with a
-    batch fewer runs one discarded forward on one example)."""
-    model.eval()
-    tokens, labels = (t[placement.rank::placement.world] for t in dataset.tensors)
-    loss_sum = hits = count = 0.0
-    largest = -(-len(dataset) // placement.world) if placement.fsdp else len(tokens)  # rows on the largest shard
-    for start in range(0, largest, config.eval_batch_size):
-        x = tokens[start:start + config.eval_batch_size].to(placement.device)
-        y = labels[start:start + config.eval_batch_size].to(placement.device)
-        with _autocast(config, placement):
-            logits = model(x if len(x) else tokens[:1].to(placement.device))
-        if not len(x):
-            continue
-        loss, batch_hits, batch_count = _loss_and_hits(logits, y)
-        loss_sum, hits, count = loss_sum + float(loss) * batch_count, hits + batch_hits, count + batch_count
-    loss_sum, hits, count = all_sum([loss_sum, hits, count], placement)
-    return loss_sum / count, hits / count
-
-
-@torch.no_grad()
-def probe_mu(model: SequenceModel, dataset, config: TrainConfig, placement: Placement) -> list[float]:
-    """Normalised μ (mean over the first ``probe_batch`` evaluation sequences) at the stack's input and
-    after every block."""
-    model.eval()
-    tokens = dataset.tensors[0][: config.probe_batch].to(placement.device)
-    with CollapseProbe(model.stack.blocks, metrics=("normalized_mu",)) as probe:
-        model(tokens)
-    return probe.trajectory("normalized_mu").mean(dim=1).tolist()
-
-
-class TrainingMu:
-    """μ of every block's output during the training steps themselves, from the λ-skips' telemetry
-    (:attr:`lambdaskip.modules.LambdaSkip.track_mu`: on CUDA the fused λ-norm kernel computes μ in the same
-    pass as the norm, so logging costs almost nothing). Raw μ, averaged over the sequences of each step and
-    over the epoch's steps; under DDP or FSDP each rank sees its own slice of the batch, and the epoch's
-    values are averaged over the ranks (the global mean: the slices are equal)."""
-
-    def __init__(self, model: SequenceModel, device: torch.device):
-        self.skips = [block.mlp_skip or block.skip for block in model.stack.blocks]
-        for skip in self.skips:
-            skip.track_mu = True
-        self.sums = torch.zeros(len(self.skips), dtype=torch.float64, device=device)
-        self.steps = 0
-
-    def record_step(self) -> None:
-        """Add the last forward's μ (kept on the device: no synchronisation per step)."""
-        self.sums += torch.stack([skip.last_mu.double().mean() for skip in self.skips])
-        self.steps += 1
-
-    def epoch_row(self, placement: Placement | None = None) -> dict[str, float]:
-        """``{"train_mu1": ..., "train_mu<depth>": ...}`` for the epoch so far (the mean over ranks under
-        ``placement``), then reset."""
-        means = (self.sums / max(self.steps, 1)).tolist()
-        if placement is not None and placement.world > 1:
-            means = [value / placement.world for value in all_sum(means, placement)]
-        self.sums.zero_()
-        self.steps = 0
-        return {f"train_mu{k}": v for k, v in enumerate(means, start=1)}
-
-
-def _autocast(config: TrainConfig, placement: Placement):
-    if config.amp and placement.device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _write_metrics(out: Path, history: list[dict], meta: dict) -> None:
@@ -147,9 +67,6 @@ def _write_metrics(out: Path, history: list[dict], meta: dict) -> None:
     atomic_write(out / METRICS_CSV, text.getvalue().encode())
     atomic_write(out / METRICS_JSON, json.dumps({**meta, "history": history}, indent=1).encode())
 
-
-# ----------------------------------------------------------------------------------------------------------
-# the run
 
 def train(config: TrainConfig, *, resume: bool = True, stop_after: int | None = None) -> dict:
     """Train (or resume) one run and return its summary.
@@ -164,6 +81,8 @@ def train(config: TrainConfig, *, resume: bool = True, stop_after: int | None = 
         the summary dict (also written to ``out/summary.json`` when the run has ended).
     """
     config.validate()
+    if config.tensorboard:  # before any work: a missing extra is a one-line hint, not a late traceback
+        require_tensorboard()
     if config.threads:
         torch.set_num_threads(config.threads)
     placement = setup_placement(config)
@@ -216,6 +135,7 @@ def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: 
     tokens, labels = data["train"].tensors
     per_rank = config.batch_size // placement.world
     training_mu = TrainingMu(model, placement.device)
+    board = placement.main and config.tensorboard and TensorBoardLog(config.tensorboard, start_epoch * steps_per_epoch)
     epochs_run = 0
     while not finished and start_epoch + epochs_run < config.epochs:
         if stop_after is not None and epochs_run >= stop_after:
@@ -228,10 +148,10 @@ def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: 
         for step in range(steps_per_epoch):
             index = order[step * config.batch_size + placement.rank * per_rank:][:per_rank]
             x, y = tokens[index].to(placement.device), labels[index].to(placement.device)
-            with _autocast(config, placement):
+            with autocast(config, placement):
                 logits = wrapped(x)
             training_mu.record_step()
-            loss, _, _ = _loss_and_hits(logits, y)
+            loss, hits, count = loss_and_hits(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.clip_grad > 0:
@@ -241,6 +161,10 @@ def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: 
             value = loss.item()  # the loop's one synchronisation per step, where it always was; the check reuses it
             check_loss(value, epoch + 1, step + 1)  # a bad step is never saved: the last checkpoint stays good
             loss_sum += value
+            lams = model.lams() if config.tensorboard else None  # a collective under FSDP: every rank calls it
+            if board:
+                board.step(epoch * steps_per_epoch + step + 1, value, hits / count, scheduler.get_last_lr()[0],
+                           lams, training_mu.last.tolist())
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.3f}", refresh=False)
@@ -259,6 +183,8 @@ def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: 
         check_row(row, f"after epoch {epoch + 1}")
         check_model(model, f"after epoch {epoch + 1}")
         history.append(row)
+        if board:
+            board.epoch(row)
         epochs_run += 1
         finished = (epoch + 1 == config.epochs) or (config.target_acc is not None and eval_acc >= config.target_acc)
         with run_folder(out, placement) as folder:
@@ -269,6 +195,8 @@ def _train(config: TrainConfig, placement: Placement, resume: bool, stop_after: 
             print(_describe(row), flush=True)
         if placement.world > 1:
             dist.barrier()
+    if board:
+        board.close()
     summary = {**meta, "rank": placement.rank, "lams_by_rank": _lams_by_rank(model, placement),
                "finished": finished, "epochs_done": len(history), "history": history,
                "final": history[-1] if history else None,

@@ -27,6 +27,7 @@ from pathlib import Path
 from lambdaskip.common import atomic_write, versions
 from lambdaskip.training.config import TrainConfig
 from lambdaskip.training.loop import train
+from lambdaskip.training.tensorboard_log import require_tensorboard
 
 # The paper's learning-rate grid, logspace(−4, −2, 4), rounded to 3 significant digits.
 PAPER_LRS = [1e-4, 4.64e-4, 2.15e-3, 1e-2]
@@ -57,7 +58,8 @@ def run_name(arch: str, lam: float, learnable: bool, lr: float, seed: int) -> st
 def run_sweep(sweep: SweepConfig, base: TrainConfig) -> list[dict]:
     """Train (or resume) every combination of ``sweep`` around ``base``; returns the rows.
 
-    Each run is ``base`` with its arch, λ, learnable flag, lr, seed and out replaced, validated first.
+    Each run is ``base`` with its arch, λ, learnable flag, lr, seed and out replaced, validated first; with
+    ``base.tensorboard``, each run logs to its own TensorBoard run ``<tensorboard>/<run name>``.
     """
     archs = sweep.archs or [base.arch]
     settings = [(lam, False) for lam in sweep.lams] + [(lam, True) for lam in sweep.learnable_inits]
@@ -66,6 +68,8 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig) -> list[dict]:
     if not sweep.seeds:
         raise ValueError("no seed given")
     lrs = sweep.lrs or [base.lr]
+    if base.tensorboard:
+        require_tensorboard()
     out = Path(sweep.out)
     base = dataclasses.replace(base, out=sweep.out)
     rows, histories, rank, source = [], {}, 0, ""
@@ -76,7 +80,8 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig) -> list[dict]:
                 for seed in sweep.seeds:
                     name = run_name(arch, lam, learnable, lr, seed)
                     config = dataclasses.replace(base, arch=arch, lam=lam, learnable=learnable, lr=lr, seed=seed,
-                                                 out=str(out / "runs" / name))
+                                                 out=str(out / "runs" / name),
+                                                 tensorboard=base.tensorboard and str(Path(base.tensorboard) / name))
                     config.validate()
                     done += 1
                     if _is_main():
