@@ -149,6 +149,9 @@ def provenance(data: dict) -> str:
     cores = machine.get("cpu_count")
     if cores and load.get("start") and max(load["start"][0], load["end"][0]) > cores:
         load_text += " **(busier than its core count: timings are noisy)**"
+    timers = {b.get("options", {}).get("timer") for b in data.get("benchmarks", [])} - {None, "perf_counter"}
+    if timers:  # e.g. --benchmark-timer=time.process_time: CPU time of the process, not wall time
+        load_text += f"; timer: {', '.join(sorted(timers))} (CPU time of the benchmark process, not wall time)"
     return (f"{machine.get('device', 'unknown device')}, {machine.get('cpu', {}).get('brand_raw', '?')} "
             f"({machine.get('cpu_count') or machine.get('cpu', {}).get('count', '?')} cores, "
             f"torch threads: {machine.get('torch_threads', '?')}), torch {machine.get('torch')}, "
