@@ -30,7 +30,7 @@ _MQAR = ("lambdaskip sweep mqar --archs attention --vocab-size 64 --seqlen 32 --
          "--num-test 512 --d-model 32 --batch-size 32 --epochs 6 --lams 0 1 --learnable-inits 1 --lrs 2.15e-3 1e-2 "
          "--threads 1 --quiet")
 _DIGITS = ("lambdaskip sweep image --archs attention --depth 8 --d-model 32 --batch-size 32 --epochs 6 "
-           "--lams 0 1 --learnable-inits --lrs 2.15e-3 1e-2 --threads 1 --quiet")
+           "--lams 0 1 -1 --learnable-inits --lrs 2.15e-3 1e-2 --threads 1 --quiet")
 # folder under docs/results/training → the command that wrote it (without --out)
 SWEEPS = {"mqar_attention_protocol": _MQAR, "digits_attention_depth8_protocol": _DIGITS}
 # The paper's numbers (docs: /work/shared/PAPER.md): Table 1 and the reviewers' 8-layer λ table.
