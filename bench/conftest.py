@@ -13,7 +13,9 @@
   benchmarks can report the fraction of the hardware limit they reach.
 """
 import os
+import resource
 import subprocess
+import time
 
 import pytest
 import torch
@@ -35,6 +37,18 @@ def pytest_addoption(parser):
 def _records(config) -> bool:
     return any(config.getoption(name, default=None) for name in ("benchmark_json", "benchmark_save",
                                                                   "benchmark_autosave"))
+
+
+def _cpu_seconds() -> float:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+@pytest.fixture
+def cpu_seconds():
+    """A clock: CPU seconds of this process plus those of its finished child processes (e.g. inductor's
+    g++ runs), for a compile's cost on a loaded machine, which wall time would inflate."""
+    return _cpu_seconds
 
 
 def _dirty_files(root) -> list[str]:

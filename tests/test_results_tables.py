@@ -1,6 +1,7 @@
-"""The measured tables in README.md, bench/results/*/README.md and docs/collapse.md are generated from
-committed JSON: each committed table must equal what its generator writes, so a number edited by hand
-fails; the README rows compare an implementation of ours with others of the same group."""
+"""The measured tables in README.md, bench/results/*/README.md, docs/collapse.md and
+docs/results/training/README.md are generated from committed JSON/CSV: each committed table must equal
+what its generator writes, so a number edited by hand fails; the README rows compare an implementation of
+ours with others of the same group; the training page's commands describe what their sweeps recorded."""
 import importlib.util
 import json
 import shutil
@@ -21,6 +22,7 @@ def _load(path: str):
 report = _load("bench/report.py")
 collapse_tables = _load("docs/collapse_tables.py")
 deep_training = _load("docs/deep_training.py")
+training_tables = _load("docs/training_tables.py")
 
 
 def test_committed_benchmark_tables_are_generated():
@@ -38,13 +40,24 @@ def test_committed_deep_training_tables_are_generated():
     assert not diffs, "regenerate with `python docs/deep_training.py`:\n" + "".join(diffs)
 
 
+def test_committed_training_tables_are_generated():
+    diffs = training_tables.check()
+    assert not diffs, "regenerate with `python docs/training_tables.py`:\n" + "".join(diffs)
+
+
+def test_a_documented_sweep_command_that_was_not_run_is_caught(monkeypatch):
+    name, command = next(iter(training_tables.SWEEPS.items()))
+    monkeypatch.setitem(training_tables.SWEEPS, name, command.replace("--epochs ", "--epochs 1"))
+    assert any("epochs" in line for line in training_tables.command_mismatches())
+
+
 def _first_number_row(text: str, begin: str) -> str:
     table = text[text.index(begin):]
     return next(line for line in table.splitlines() if line.startswith("| ") and any(c.isdigit() for c in line)
                 and "---" not in line and not line.startswith("| what") and not line.startswith("| variant"))
 
 
-@pytest.mark.parametrize("which", ["readme", "collapse", "deep"])
+@pytest.mark.parametrize("which", ["readme", "collapse", "deep", "training"])
 def test_a_number_edited_by_hand_is_caught(tmp_path, which):
     if which == "readme":
         readme = tmp_path / "README.md"
@@ -54,6 +67,16 @@ def test_a_number_edited_by_hand_is_caught(tmp_path, which):
         cells[2] = "9" + cells[2]  # the time of ours
         readme.write_text(readme.read_text().replace(row, " | ".join(cells)))
         assert report.check(report.RESULTS, readme)
+    elif which == "training":
+        doc = tmp_path / "README.md"
+        shutil.copy(training_tables.DOC, doc)
+        text = doc.read_text()
+        block = text[text.index(training_tables.begin("mqar_attention_protocol")):]
+        row = next(line for line in block.splitlines() if line.startswith("| fixed +1 |"))
+        cells = row.split(" | ")
+        cells[2] = "9" + cells[2]  # the final accuracy of λ = 1 at its best learning rate
+        doc.write_text(text.replace(row, " | ".join(cells)))
+        assert training_tables.check(doc)
     else:
         doc = tmp_path / "collapse.md"
         shutil.copy(collapse_tables.DOC, doc)

@@ -17,12 +17,15 @@ from lambdaskip.reference import s4d as reference
 
 SUPPORTED_BACKENDS = ("reference", "extension")
 METHODS = ("auto", "direct", "fft")
-# method="auto": direct convolution up to this length, FFT above. Measured on the 2-core CPU machine
-# (torch 2.13, 1 thread, B=8, H=64, LAMBDASKIP_BENCH_FULL=1 pytest bench/bench_s4d.py -k conv; table in
-# bench/results/cpu-s4d-conv-full): forward+backward, extension direct vs torch.fft = 0.48 vs 0.54 ms at
-# L=32, 0.87 vs 0.77 ms at L=64, 2.1 vs 1.2 ms at L=128, 96 vs 13 ms at L=1024. Forward alone the FFT
-# already wins at L=32 (0.17 vs 0.14 ms): per-call overhead dominates at these sizes. Not measured on
-# CUDA yet; the same switch point is used there.
+# method="auto": direct convolution up to this length, FFT above. Re-measured 2026-12-02 on the shared 2-core
+# CPU machine under heavy load (load average 13-14), so in process CPU time, not wall time (torch 2.13, 1
+# thread, B=8, H=64; bench/results/cpu-s4d-conv-crossover-cputime, from `OMP_NUM_THREADS=1
+# LAMBDASKIP_BENCH_FULL=1 pytest bench/bench_s4d.py -k "conv and not reference and (32 or 64 or 128)"
+# --benchmark-timer=time.process_time`). Extension direct vs torch.fft, median (min) ms: forward+backward
+# 0.49 (0.34) vs 0.67 (0.37) at L=32, 1.24 (0.68) vs 1.15 (0.56) at L=64, 2.4 (1.8) vs 1.8 (0.94) at
+# L=128; forward alone the FFT already wins at L=32, 0.15 (0.13) vs 0.10 (0.09). The crossover for a
+# training step (forward+backward) lies between 32 and 64, the threshold stays; the load makes the medians
+# noisy (interquartile ranges up to the median itself). Not measured on CUDA yet; the same switch is used.
 DIRECT_MAX_LENGTH = 32
 PARAM_DTYPES = (torch.float32, torch.float64)
 COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
