@@ -229,13 +229,14 @@ def command_mismatches() -> list[str]:
     """Fields where a documented command's configuration differs from what its sweep.json recorded."""
     from lambdaskip.cli import build_parser
     from lambdaskip.cli.train import config_from_args
+    from lambdaskip.training.config import RESUMABLE_CHANGES  # fields that change nothing computed
     problems = []
     for name, command in SWEEPS.items():
         record = json.loads((RESULTS / name / "sweep.json").read_text())
         args = build_parser().parse_args(command.split()[1:] + ["--out", "OUT"])
         config = vars(config_from_args(args, out="OUT"))
         for key, value in config.items():
-            if key not in ("out", "progress", "device", "threads") and record["base_config"].get(key) != value:
+            if key not in RESUMABLE_CHANGES and record["base_config"].get(key) != value:
                 problems.append(f"{name}: {key} = {value!r} in the command, {record['base_config'].get(key)!r} run")
         for key in ("archs", "lams", "learnable_inits", "lrs"):
             if sorted(getattr(args, key) or []) != sorted(record["sweep"][key] or []):
