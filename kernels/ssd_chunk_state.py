@@ -7,8 +7,9 @@ packed sequence's final state the same way, from its last chunk.
 
 Backward: given ``G`` (the gradient of the state a chunk adds), token s of the chunk receives
 ``dx_s = dt_s exp(Λ_end − Λ_s) G B_s`` and ``dB_s = dt_s exp(Λ_end − Λ_s) x_s G``
-(:func:`chunk_state_bwd_tile`). Chunk scan's column pass calls this tile on the columns it already
-holds (:func:`lambdaskip.kernels.ssd_chunk_scan.chunk_scan_backward`), so x and B are read once. The
+(:func:`chunk_state_bwd_tile`, a block of dstate or headdim at a time). Chunk scan's column passes call
+this tile on the columns they already hold (:func:`lambdaskip.kernels.ssd_chunk_scan.chunk_scan_backward`),
+so x and B are read once per pass. The
 gradient of the log-decays follows from these (see :mod:`lambdaskip.kernels.ssd`). Chunk scan's
 backward also reuses :func:`chunk_state`'s contraction (``decay_to_end=False``: ``w_t = exp(Λ_t)``,
 ``x → dy``, ``B → C``, only tokens of the sequence that enters the chunk) for the gradient its
@@ -79,16 +80,16 @@ def _chunk_state_kernel(x_ptr, v_ptr, dt_chunked_ptr, dA_cumsum_ptr, seq_idx_ptr
 
 
 @triton.jit
-def chunk_state_bwd_tile(x_s, B_s, dA_s, dA_end, grad_state, keep):
-    """The chunk-state backward for a block of a chunk's tokens s (``keep``: the tokens that count).
+def chunk_state_bwd_tile(key_s, grad_state, dA_s, dA_end, keep):
+    """The chunk-state backward for a block of a chunk's tokens s (``keep``: the tokens that count), one block
+    of the contracted dimension at a time (the caller sums the blocks).
 
-    x_s (S, P), B_s (S, N), dA_s (S,), dA_end scalar, grad_state G (P, N) float32 → ``dx_s / dt_s``
-    (S, P) and ``dB_s / dt_s`` (S, N), float32: ``exp(Λ_end − Λ_s)`` times ``B_s Gᵀ`` and ``x_s G``.
+    With key_s = B_s (S, K) and grad_state a (K, O) block of Gᵀ: ``dx_s / dt_s``; with key_s = x_s (S, K) and
+    a (K, O) block of G: ``dB_s / dt_s``. Returns ``exp(Λ_end − Λ_s) · key_s grad_state`` (S, O) float32;
+    dA_s (S,), dA_end scalar, grad_state float32.
     """
     to_end = tl.where(keep, tl.exp(dA_end - dA_s), 0.0)[:, None]
-    dx = tl.dot(B_s.to(tl.float32), tl.trans(grad_state), input_precision="tf32x3") * to_end
-    dB = tl.dot(x_s.to(tl.float32), grad_state) * to_end
-    return dx, dB
+    return tl.dot(key_s.to(tl.float32), grad_state, input_precision="tf32x3") * to_end
 
 
 @triton.autotune(configs=configs("_chunk_state_varlen_kernel"),

@@ -13,27 +13,28 @@ import triton
 
 # kernel name → [(block sizes, num_warps, num_stages), ...]
 GPU_CONFIGS = {
-    "_chunk_scan_kernel": [
-        ({"BLOCK_M": 64, "BLOCK_P": 64, "BLOCK_S": 32}, 4, 2), ({"BLOCK_M": 64, "BLOCK_P": 64, "BLOCK_S": 32}, 8, 2),
-        ({"BLOCK_M": 64, "BLOCK_P": 32, "BLOCK_S": 64}, 4, 2), ({"BLOCK_M": 64, "BLOCK_P": 32, "BLOCK_S": 64}, 8, 2),
-        # 128 rows at 4 warps spill (200 B/thread): 8 warps only
-        ({"BLOCK_M": 128, "BLOCK_P": 64, "BLOCK_S": 32}, 8, 2),
-    ],
+    # dstate looped in BLOCK_K; 128-row tiles, 64 × 64 tiles at 4 warps and BLOCK_K 64 with them spill: left out
+    "_chunk_scan_kernel": [({"BLOCK_M": m, "BLOCK_P": p, "BLOCK_K": k, "BLOCK_S": 32}, w, st)
+                           for m, p, k, w, st in ((64, 64, 32, 8, 1), (64, 64, 32, 8, 2), (32, 32, 64, 4, 1))],
     "_chunk_state_kernel": [({"BLOCK_S": s}, w, 2) for s in (32, 64) for w in (4, 8)],
     # 64-column tiles at 4 warps spill (56 B/thread) here: 8 warps only for them
     "_chunk_state_varlen_kernel": [({"BLOCK_S": 32}, 4, 2), ({"BLOCK_S": 32}, 8, 2), ({"BLOCK_S": 64}, 8, 2)],
-    # headdim and dstate are held whole: at (64, 128) only 8 warps and one stage stay below 255 registers
-    "_chunk_scan_bwd_rows_kernel": [({"BLOCK_M": m, "BLOCK_S": s}, 8, 1) for m, s in ((32, 32), (16, 32), (16, 16))],
-    # the smallest tile spills least (bf16 still spills: needs a kernel change, see test_sm90_static)
-    "_chunk_scan_bwd_columns_kernel": [({"BLOCK": 16}, 8, 1)],
+    # dstate split across programs (the launcher's BLOCK_N ≤ 64), headdim looped in BLOCK_K; BLOCK_K 64 at
+    # 32 rows and 8 warps spills
+    "_chunk_scan_bwd_rows_kernel": [({"BLOCK_M": m, "BLOCK_K": k, "BLOCK_S": 32}, 4, 1)
+                                    for m, k in ((16, 32), (32, 32), (16, 64))],
+    # dx or dB split across programs (the launcher's BLOCK_O ≤ 64), the keys looped in BLOCK_K; 32 × 32 at
+    # 4 warps spills in the dx pass
+    "_chunk_scan_bwd_columns_kernel": [({"BLOCK": b, "BLOCK_K": k}, w, 1) for b, k, w in ((16, 64, 4), (32, 64, 8),
+                                                                                         (64, 32, 8))],
     "_ssd_step_kernel": [({"BLOCK_P": p}, w, 2) for p in (4, 8, 16) for w in (2, 4)],
 }
 INTERPRETER_CONFIGS = {
-    "_chunk_scan_kernel": {"BLOCK_M": 32, "BLOCK_P": 32, "BLOCK_S": 32},
+    "_chunk_scan_kernel": {"BLOCK_M": 32, "BLOCK_P": 32, "BLOCK_K": 32, "BLOCK_S": 32},
     "_chunk_state_kernel": {"BLOCK_S": 32},
     "_chunk_state_varlen_kernel": {"BLOCK_S": 32},
-    "_chunk_scan_bwd_rows_kernel": {"BLOCK_M": 32, "BLOCK_S": 32},
-    "_chunk_scan_bwd_columns_kernel": {"BLOCK": 32},
+    "_chunk_scan_bwd_rows_kernel": {"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_S": 32},
+    "_chunk_scan_bwd_columns_kernel": {"BLOCK": 32, "BLOCK_K": 32},
     "_ssd_step_kernel": {"BLOCK_P": 16},
 }
 

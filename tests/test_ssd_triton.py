@@ -177,19 +177,19 @@ def test_triton_backend_rejects_what_it_cannot_run():
     t = make_inputs(1, 8, 2, 16, 16, 1, seed=0, dtype=F64)
     with pytest.raises(TypeError, match="x"):
         ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], 16, backend="triton")
-    t = make_inputs(1, 8, 1, 200, 16, 1, seed=0, dtype=torch.float32)
+    t = make_inputs(1, 8, 1, 300, 16, 1, seed=0, dtype=torch.float32)
     with pytest.raises(ValueError, match="headdim"):
         ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], 16, backend="triton")
-    t = make_inputs(1, 8, 1, 16, 200, 1, seed=0, dtype=torch.float32)
+    t = make_inputs(1, 8, 1, 16, 300, 1, seed=0, dtype=torch.float32)
     with pytest.raises(ValueError, match="B"):
         ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], 16, backend="triton")
 
 
 def test_auto_warns_once_naming_a_shape_it_cannot_run_on_triton():
-    t = make_inputs(1, 8, 1, 4, 200, 1, seed=0, dtype=torch.float32)
+    t = make_inputs(1, 8, 1, 4, 300, 1, seed=0, dtype=torch.float32)
     args = (t["x"], t["dt"], t["A"], t["B"], t["C"], 16)
     with prefer_backend("triton"):
-        with pytest.warns(UserWarning, match="headdim=4, dstate=200"):
+        with pytest.warns(UserWarning, match="headdim=4, dstate=300"):
             y = ssd_scan(*args)
         with warnings.catch_warnings():
             warnings.simplefilter("error")

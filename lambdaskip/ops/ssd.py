@@ -28,7 +28,7 @@ from lambdaskip.reference.ssd import prepare_dt, seq_idx_from_cu_seqlens, ssd_sc
 
 SUPPORTED_BACKENDS = ("reference", "triton")
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-TRITON_MAX_DIM = 128  # the backward kernels hold headdim × dstate whole in one float32 tile
+TRITON_MAX_DIM = 256  # headdim and dstate are split into blocks: the sizes compiled, tested and checked for spills
 _warned_shapes: set[tuple[int, int]] = set()
 
 
@@ -114,7 +114,7 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_s
             and the final states flow.
         backend: keyword only. "auto" (Triton on CUDA, else the reference), "reference" or "triton" (on CPU
             only under TRITON_INTERPRET=1). Triton takes float16/bfloat16/float32 and headdim,
-            dstate <= 128 and accumulates in float32; "auto" uses the reference for float64 input, and,
+            dstate <= 256 and accumulates in float32; "auto" uses the reference for float64 input, and,
             with a warning naming the shape, for larger heads or states.
     Returns:
         ``y`` (batch, seqlen, nheads, headdim) in x's dtype; with ``return_final_states`` and/or
