@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "results" / "training" / "README.md"
 RESULTS = ROOT / "docs" / "results" / "training"
 _MQAR = ("lambdaskip sweep mqar --archs attention --vocab-size 64 --seqlen 32 --num-pairs 4 --num-train 6144 "
-         "--num-test 512 --d-model 32 --batch-size 32 --epochs 6 --lams 0 1 --learnable-inits 1 --lrs 2.15e-3 1e-2 "
+         "--num-test 512 --d-model 32 --batch-size 32 --epochs 6 --lams 0 1 -1 --learnable-inits 1 "
          "--threads 1 --quiet")
 _DIGITS = ("lambdaskip sweep image --archs attention --depth 8 --d-model 32 --batch-size 32 --epochs 6 "
-           "--lams 0 1 -1 --learnable-inits --lrs 2.15e-3 1e-2 --threads 1 --quiet")
+           "--lams 0 1 -1 --learnable-inits --threads 1 --quiet")
 # folder under docs/results/training → the command that wrote it (without --out)
 SWEEPS = {"mqar_attention_protocol": _MQAR, "digits_attention_depth8_protocol": _DIGITS}
 # The paper's numbers (docs: /work/shared/PAPER.md): Table 1 and the reviewers' 8-layer λ table.
@@ -228,7 +228,7 @@ def generate(text: str) -> str:
 def command_mismatches() -> list[str]:
     """Fields where a documented command's configuration differs from what its sweep.json recorded."""
     from lambdaskip.cli import build_parser
-    from lambdaskip.cli.train import config_from_args
+    from lambdaskip.cli.train import config_from_args, sweep_config_from_args
     from lambdaskip.training.config import RESUMABLE_CHANGES  # fields that change nothing computed
     problems = []
     for name, command in SWEEPS.items():
@@ -238,8 +238,9 @@ def command_mismatches() -> list[str]:
         for key, value in config.items():
             if key not in RESUMABLE_CHANGES and record["base_config"].get(key) != value:
                 problems.append(f"{name}: {key} = {value!r} in the command, {record['base_config'].get(key)!r} run")
-        for key in ("archs", "lams", "learnable_inits", "lrs"):
-            if sorted(getattr(args, key) or []) != sorted(record["sweep"][key] or []):
+        sweep = sweep_config_from_args(args)
+        for key in ("archs", "lams", "learnable_inits", "lrs", "seeds"):
+            if sorted(getattr(sweep, key) or []) != sorted(record["sweep"][key] or []):
                 problems.append(f"{name}: --{key.replace('_', '-')} differs from the recorded sweep")
     return problems
 

@@ -165,16 +165,22 @@ def add_train_subcommand(commands) -> None:
     parser.set_defaults(run=_run_train)
 
 
+def sweep_config_from_args(args: argparse.Namespace):
+    """The :class:`~lambdaskip.training.SweepConfig` of parsed ``lambdaskip sweep`` arguments."""
+    from lambdaskip.training import SweepConfig
+    # left out, --lrs and --seeds take SweepConfig's defaults (the paper's lr grid, seeds 0 1 2); a --lr
+    # without --lrs sweeps that one learning rate
+    given = {"lrs": args.lrs or ([args.lr] if args.lr is not None else None), "seeds": args.seeds}
+    return SweepConfig(out=args.out, archs=args.archs, lams=args.lams, learnable_inits=args.learnable_inits,
+                       log_mu=args.log_mu, **{k: v for k, v in given.items() if v is not None})
+
+
 def _run_sweep(args: argparse.Namespace) -> int:
-    from lambdaskip.training import SweepConfig, run_sweep
+    from lambdaskip.training import run_sweep
     from lambdaskip.training.distributed import leave_process_group
     completed, code = False, 0
     try:
-        # left out, --lrs and --seeds take SweepConfig's defaults (the paper's lr grid, seeds 0 1 2); a --lr
-        # without --lrs sweeps that one learning rate
-        given = {"lrs": args.lrs or ([args.lr] if args.lr is not None else None), "seeds": args.seeds}
-        sweep = SweepConfig(out=args.out, archs=args.archs, lams=args.lams, learnable_inits=args.learnable_inits,
-                            log_mu=args.log_mu, **{k: v for k, v in given.items() if v is not None})
+        sweep = sweep_config_from_args(args)
         base = config_from_args(args, out=args.out)
         with output_lock(args.out) if os.environ.get("RANK", "0") == "0" else contextlib.nullcontext():
             run_sweep(sweep, base)
