@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from signal_helpers import sigint_as_in_a_terminal
 
 SLOW_TORCH = '''
 import sys, time
@@ -33,7 +34,7 @@ def _interrupt_while_importing_torch(command, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "out"
     process = subprocess.Popen([*command, "collapse", "--out", str(out)], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_in_a_terminal)
     assert process.stdout.readline() == "importing torch\n", process.communicate(timeout=60)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from signal_helpers import sigint_as_in_a_terminal
 
 from lambdaskip.cli import collapse as collapse_cli
 from lambdaskip.cli import main
@@ -332,7 +333,7 @@ def test_sigint_from_outside_during_an_overwrite_leaves_old_or_new(tmp_path):
     assert subprocess.run(argv, capture_output=True, timeout=300).returncode == 0
     # deep enough that the signal lands in the study, not after it (one pass per stack takes ~1 ms a layer here)
     overwrite = [a for a in argv if a != "--no-progress"] + ["--overwrite", "--seeds", "1", "--depth", "600"]
-    process = subprocess.Popen(overwrite, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(overwrite, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_in_a_terminal)
     seen = ""
     while "collapse study" not in seen and process.poll() is None:  # the study has started (its progress bar)
         seen += process.stderr.read(1)
