@@ -52,6 +52,6 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AttentionMixer", "CollapseProbe", "IdentityMixer", "LTIMixer", "LambdaSkip", "LambdaSkipBlock",
-    "Mamba2Mixer", "S4DMixer", "build_stack", "effective_rank", "extension_status", "metrics", "mu", "normalized_mu", "ops",
-    "reference", "restore", "retrofit", "__version__",
+    "Mamba2Mixer", "S4DMixer", "build_stack", "effective_rank", "extension_status", "metrics", "mu",
+    "normalized_mu", "ops", "reference", "restore", "retrofit", "__version__",
 ]

@@ -27,7 +27,8 @@ def _gating_arg(value: str) -> bool:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``lambdaskip collapse``; unset options take the preset's or the default value."""
-    parser.add_argument("--preset", choices=sorted(study.PRESETS), help="lambda-sweep (Figs. 1-2), gating (Fig. 3) or deep (depth 1024, every architecture)")
+    parser.add_argument("--preset", choices=sorted(study.PRESETS),
+                        help="lambda-sweep (Figs. 1-2), gating (Fig. 3) or deep (depth 1024, every architecture)")
     parser.add_argument("--archs", nargs="*", metavar="ARCH", help=f"among {', '.join(ARCHS)} (default: all)")
     parser.add_argument("--depth", type=int, help="layers (default 32; 64 with --preset lambda-sweep)")
     parser.add_argument("--d-model", type=int, help="token width (default 64)")
@@ -39,8 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gating", nargs="*", type=_gating_arg, metavar="on|off",
                         help="Mamba-2 gate setting(s) (default off, as in the paper's Fig. 1)")
     parser.add_argument("--seeds", nargs="*", type=int, metavar="SEED", help="model/embedding seeds (default 0)")
-    parser.add_argument("--excerpts", type=int, help="sequences per batch (default 8); at most the windows the text has, else an error (the "
-                             "bundled sample gives 35 at --seqlen 128)")
+    parser.add_argument("--excerpts", type=int,
+                        help="sequences per batch (default 8); at most the windows the text has, else an error "
+                             "(the bundled sample gives 35 at --seqlen 128)")
     parser.add_argument("--input", choices=study.INPUTS, help="text (default) or gaussian tokens")
     parser.add_argument("--text", metavar="FILE", help="your own UTF-8 text (passages split at blank lines)")
     parser.add_argument("--hf-tokenizer", metavar="NAME", help="a locally cached Hugging Face tokenizer")
