@@ -50,6 +50,34 @@ from lambdaskip.kernels.ssd_configs import configs
 MAX_BLOCK_OUT = 64  # the widest block of headdim or dstate one backward program writes
 
 
+@triton.jit
+def _row_decays(dA_cumsum_ptr, chunked_base, offs_m, row_ok, seq_idx_ptr, seq_offset, chunk,
+                HAS_SEQ_IDX: tl.constexpr):
+    """For rows t of a chunk: Λ_t, the state term's factor exp(Λ_t) (0 for tokens not of the sequence that
+    enters the chunk) and the rows' sequence numbers (``offs_m`` when not packed: unused then)."""
+    dA_t = tl.load(dA_cumsum_ptr + chunked_base + offs_m, mask=row_ok, other=0.0)
+    state_scale = tl.exp(dA_t)
+    seq_t = offs_m
+    if HAS_SEQ_IDX:
+        seq_t = tl.load(seq_idx_ptr + seq_offset + offs_m, mask=row_ok, other=-1)
+        entering = tl.load(seq_idx_ptr + seq_offset - (chunk > 0).to(tl.int32))
+        state_scale = tl.where(seq_t == entering, state_scale, 0.0)
+    return dA_t, state_scale, seq_t
+
+
+@triton.jit
+def _within_chunk_weights(dA_t, offs_m, row_ok, seq_t, offs_s, col_ok, dA_cumsum_ptr, dt_chunked_ptr, chunked_base,
+                          seq_idx_ptr, seq_offset, HAS_SEQ_IDX: tl.constexpr):
+    """(rows t, columns s) float32: ``exp(Λ_t − Λ_s) · dt_s`` where s ≤ t in the same sequence, else 0 (the
+    masks applied to the exponent, so only exponents ≤ 0 are exponentiated)."""
+    dA_s = tl.load(dA_cumsum_ptr + chunked_base + offs_s, mask=col_ok, other=0.0)
+    dt_s = tl.load(dt_chunked_ptr + chunked_base + offs_s, mask=col_ok, other=0.0)
+    causal = (offs_m[:, None] >= offs_s[None, :]) & row_ok[:, None] & col_ok[None, :]
+    if HAS_SEQ_IDX:
+        causal &= seq_t[:, None] == tl.load(seq_idx_ptr + seq_offset + offs_s, mask=col_ok, other=-2)[None, :]
+    return tl.exp(tl.where(causal, dA_t[:, None] - dA_s[None, :], float("-inf"))) * dt_s[None, :]
+
+
 @triton.autotune(configs=configs("_chunk_scan_kernel"),
                  key=["CHUNK", "headdim", "dstate", "HAS_SEQ_IDX"])
 @triton.jit
@@ -75,12 +103,9 @@ def _chunk_scan_kernel(x_ptr, B_ptr, C_ptr, dt_chunked_ptr, dA_cumsum_ptr, state
     chunked_base = ((batch * nheads + head) * nchunks + chunk) * CHUNK
     state_base = states_ptr + ((batch * (nchunks + 1) + chunk) * nheads + head) * headdim * dstate
 
-    dA_t = tl.load(dA_cumsum_ptr + chunked_base + offs_m, mask=row_ok, other=0.0)
-    state_scale = tl.exp(dA_t)
-    if HAS_SEQ_IDX:
-        seq_base = seq_idx_ptr + batch * seqlen + chunk_start
-        seq_t = tl.load(seq_base + offs_m, mask=row_ok, other=-1)
-        state_scale = tl.where(seq_t == tl.load(seq_base - (chunk > 0).to(tl.int32)), state_scale, 0.0)
+    seq_offset = batch * seqlen + chunk_start
+    dA_t, state_scale, seq_t = _row_decays(dA_cumsum_ptr, chunked_base, offs_m, row_ok, seq_idx_ptr, seq_offset, chunk,
+                                           HAS_SEQ_IDX)
     acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=tl.float32)
     row_end = tl.minimum((pid_mp // n_pblocks + 1) * BLOCK_M, chunk_len)
     # y is linear in C: each block of dstate adds its share of the state term and of every C_t·B_s
@@ -98,12 +123,8 @@ def _chunk_scan_kernel(x_ptr, B_ptr, C_ptr, dt_chunked_ptr, dA_cumsum_ptr, state
             B_t = tl.load(B_ptr + bc_offset + offs_s[None, :] * (ngroups * dstate) + offs_k[:, None],
                           mask=k_ok[:, None] & col_ok[None, :], other=0.0)
             scores = tl.dot(C_rows, B_t.to(C_rows.dtype))
-            dA_s = tl.load(dA_cumsum_ptr + chunked_base + offs_s, mask=col_ok, other=0.0)
-            dt_s = tl.load(dt_chunked_ptr + chunked_base + offs_s, mask=col_ok, other=0.0)
-            causal = (offs_m[:, None] >= offs_s[None, :]) & row_ok[:, None] & col_ok[None, :]
-            if HAS_SEQ_IDX:
-                causal &= seq_t[:, None] == tl.load(seq_base + offs_s, mask=col_ok, other=-2)[None, :]
-            scores *= tl.exp(tl.where(causal, dA_t[:, None] - dA_s[None, :], float("-inf"))) * dt_s[None, :]
+            scores *= _within_chunk_weights(dA_t, offs_m, row_ok, seq_t, offs_s, col_ok, dA_cumsum_ptr, dt_chunked_ptr,
+                                            chunked_base, seq_idx_ptr, seq_offset, HAS_SEQ_IDX)
             x_s = tl.load(x_base + offs_s[:, None] * (nheads * headdim) + offs_p[None, :],
                           mask=col_ok[:, None] & p_ok[None, :], other=0.0)
             acc += tl.dot(scores.to(x_s.dtype), x_s)
@@ -138,12 +159,9 @@ def _chunk_scan_bwd_rows_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dt_chunked_ptr, dA_
     chunked_base = ((batch * nheads + head) * nchunks + chunk) * CHUNK
     state_base = states_ptr + ((batch * (nchunks + 1) + chunk) * nheads + head) * headdim * dstate
 
-    dA_t = tl.load(dA_cumsum_ptr + chunked_base + offs_m, mask=row_ok, other=0.0)
-    state_scale = tl.exp(dA_t)
-    if HAS_SEQ_IDX:
-        seq_base = seq_idx_ptr + batch * seqlen + chunk_start
-        seq_t = tl.load(seq_base + offs_m, mask=row_ok, other=-1)
-        state_scale = tl.where(seq_t == tl.load(seq_base - (chunk > 0).to(tl.int32)), state_scale, 0.0)
+    seq_offset = batch * seqlen + chunk_start
+    dA_t, state_scale, seq_t = _row_decays(dA_cumsum_ptr, chunked_base, offs_m, row_ok, seq_idx_ptr, seq_offset, chunk,
+                                           HAS_SEQ_IDX)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, headdim, BLOCK_K):  # the state term, a block of headdim at a time
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -168,12 +186,8 @@ def _chunk_scan_bwd_rows_kernel(dy_ptr, x_ptr, B_ptr, C_ptr, dt_chunked_ptr, dA_
             x_t = tl.load(x_ptr + head_offset + offs_s[None, :] * (nheads * headdim) + offs_k[:, None],
                           mask=k_ok[:, None] & col_ok[None, :], other=0.0)
             weights += tl.dot(dy_rows, x_t.to(tl.float32), input_precision="tf32x3")
-        dA_s = tl.load(dA_cumsum_ptr + chunked_base + offs_s, mask=col_ok, other=0.0)
-        dt_s = tl.load(dt_chunked_ptr + chunked_base + offs_s, mask=col_ok, other=0.0)
-        causal = (offs_m[:, None] >= offs_s[None, :]) & row_ok[:, None] & col_ok[None, :]
-        if HAS_SEQ_IDX:
-            causal &= seq_t[:, None] == tl.load(seq_base + offs_s, mask=col_ok, other=-2)[None, :]
-        weights *= tl.exp(tl.where(causal, dA_t[:, None] - dA_s[None, :], float("-inf"))) * dt_s[None, :]
+        weights *= _within_chunk_weights(dA_t, offs_m, row_ok, seq_t, offs_s, col_ok, dA_cumsum_ptr, dt_chunked_ptr,
+                                         chunked_base, seq_idx_ptr, seq_offset, HAS_SEQ_IDX)
         B_s = tl.load(B_ptr + bc_offset + offs_s[:, None] * (ngroups * dstate) + offs_n[None, :],
                       mask=col_ok[:, None] & n_ok[None, :], other=0.0)
         acc += tl.dot(weights, B_s.to(tl.float32), input_precision="tf32x3")
