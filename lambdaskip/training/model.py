@@ -67,13 +67,15 @@ class SequenceModel(nn.Module):
 
     def lams(self) -> dict[str, float]:
         """Every λ by name: ``"lam{k}"`` for block k's mixer skip, ``"lam{k}_mlp"`` for its MLP skip. A λ
-        sharded by FSDP (a DTensor) is gathered whole first: every rank calls this together."""
-        out = {}
+        sharded by FSDP (a DTensor) is gathered whole first: every rank calls this together. One copy to the
+        host for all of them (``--tensorboard`` reads them every step)."""
+        skips = {}
         for k, block in enumerate(self.stack.blocks):
-            out[f"lam{k}"] = whole(block.skip.lam).item()
+            skips[f"lam{k}"] = block.skip
             if block.mlp_skip is not None:
-                out[f"lam{k}_mlp"] = whole(block.mlp_skip.lam).item()
-        return out
+                skips[f"lam{k}_mlp"] = block.mlp_skip
+        values = torch.stack([whole(skip.lam).detach().reshape(()) for skip in skips.values()]).tolist()
+        return dict(zip(skips, values))
 
 
 def build_model(config, facts: dict) -> SequenceModel:
